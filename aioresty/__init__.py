@@ -1,0 +1,28 @@
+"""aioresty: async Python handlers behind lua-resty-ffi's API, inside stock proxies."""
+
+from .app import (
+    RC_BAD_REQUEST,
+    RC_BAD_RESULT,
+    RC_CANCELLED,
+    RC_ERROR,
+    RC_NO_METHOD,
+    RC_TIMEOUT,
+    App,
+    Handler,
+    HandlerError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Handler",
+    "HandlerError",
+    "RC_BAD_REQUEST",
+    "RC_BAD_RESULT",
+    "RC_CANCELLED",
+    "RC_ERROR",
+    "RC_NO_METHOD",
+    "RC_TIMEOUT",
+    "__version__",
+]

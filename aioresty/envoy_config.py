@@ -1,0 +1,322 @@
+"""Envoy configuration pieces for aioresty's bridge (see docs/envoy.md).
+
+A stock Envoy Lua filter reaches a runtime with ``httpCall`` to the
+``aioresty_bridge`` cluster.  That cluster's *upstream* HTTP filter is the
+dynamic module ``libaioresty_envoy.so``: it posts the call to the runtime's
+task queue and answers with a local reply, so no request ever leaves Envoy.
+Envoy still opens one pooled connection per worker when a request is routed
+to a cluster, so the cluster points at an *internal listener* (in-process,
+no socket) that never receives a request.
+
+Functions here return plain dicts (JSON-serialisable; JSON is valid YAML, so
+``to_yaml`` needs no YAML library) and the environment Envoy must run with.
+``build_config`` turns a short user config into a whole Envoy config::
+
+    {
+      "listen": "127.0.0.1:8000",          # where Envoy listens
+      "admin": "127.0.0.1:9901",           # optional admin interface
+      "lua": {"seed": "path/to/seed.lua"}, # named Lua scripts (files or {"inline": "..."})
+      "routes": [                          # first match wins
+        {"prefix": "/httpbin/", "lua": "seed", "upstream": "httpbin", "prefix_rewrite": "/"},
+        {"prefix": "/app/", "lua": "app"}  # no upstream: the script must respond()
+      ],
+      "upstreams": {"httpbin": "127.0.0.1:8080"},
+      "max_request_bytes": 67108864        # optional: largest call body (default 64 MiB)
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from . import paths
+
+BRIDGE_CLUSTER = "aioresty_bridge"
+BRIDGE_SINK = "aioresty_bridge_sink"
+MODULE_NAME = "aioresty_envoy"
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+_T = "type.googleapis.com/"
+_HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"}
+
+
+def _addr(hostport: str) -> dict[str, Any]:
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {hostport!r}")
+    return {"socket_address": {"address": host, "port_value": int(port)}}
+
+
+def bootstrap_extensions() -> list[dict[str, Any]]:
+    """The internal-listener extension the bridge's sink listener needs."""
+    return [
+        {
+            "name": "envoy.bootstrap.internal_listener",
+            "typed_config": {
+                "@type": _T + "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+            },
+        }
+    ]
+
+
+def bridge_sink_listener(name: str = BRIDGE_SINK) -> dict[str, Any]:
+    """Internal listener the bridge cluster's connection pool connects to.
+
+    No request reaches it (the module answers first); if one ever did, it
+    gets a 502 with a clear body and shows in the ``http.<name>`` stats.
+    """
+    return {
+        "name": name,
+        "internal_listener": {},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": _HCM,
+                            "stat_prefix": name,
+                            "route_config": {
+                                "virtual_hosts": [
+                                    {
+                                        "name": "sink",
+                                        "domains": ["*"],
+                                        "routes": [
+                                            {
+                                                "match": {"prefix": "/"},
+                                                "direct_response": {
+                                                    "status": 502,
+                                                    "body": {
+                                                        "inline_string": "aioresty bridge sink "
+                                                        "reached: the bridge module did not "
+                                                        "answer\n"
+                                                    },
+                                                },
+                                            }
+                                        ],
+                                    }
+                                ]
+                            },
+                            "http_filters": [{"name": "envoy.filters.http.router",
+                                              "typed_config": _ROUTER}],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def bridge_cluster(
+    name: str = BRIDGE_CLUSTER,
+    sink: str = BRIDGE_SINK,
+    max_request_bytes: int = DEFAULT_MAX_BYTES,
+) -> dict[str, Any]:
+    """The cluster Lua's httpCall targets; its upstream filter is the module."""
+    return {
+        "name": name,
+        "connect_timeout": "5s",
+        "type": "STATIC",
+        # the largest call body the upstream filter may buffer
+        "per_connection_buffer_limit_bytes": max_request_bytes,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"envoy_internal_address": {
+                            "server_listener_name": sink}}}}
+                    ]
+                }
+            ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+                "http_filters": [
+                    {
+                        "name": "aioresty_bridge",
+                        "typed_config": {
+                            "@type": _T + "envoy.extensions.filters.http.dynamic_modules.v3."
+                            "DynamicModuleFilter",
+                            # runtimes own threads: never dlclose the module
+                            "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
+                            "filter_name": "aioresty",
+                            "filter_config": {
+                                "@type": _T + "google.protobuf.StringValue",
+                                "value": "bridge",
+                            },
+                        },
+                    },
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {
+                            "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3."
+                            "UpstreamCodec"
+                        },
+                    },
+                ],
+            }
+        },
+    }
+
+
+def lua_filter(source_codes: dict[str, str] | None = None, default: str | None = None
+               ) -> dict[str, Any]:
+    """An ``envoy.filters.http.lua`` filter with named scripts (inline text)."""
+    cfg: dict[str, Any] = {"@type": _T + "envoy.extensions.filters.http.lua.v3.Lua"}
+    if default is not None:
+        cfg["default_source_code"] = {"inline_string": default}
+    if source_codes:
+        cfg["source_codes"] = {k: {"inline_string": v} for k, v in source_codes.items()}
+    return {"name": "envoy.filters.http.lua", "typed_config": cfg}
+
+
+def lua_per_route(name: str) -> dict[str, Any]:
+    return {"envoy.filters.http.lua": {
+        "@type": _T + "envoy.extensions.filters.http.lua.v3.LuaPerRoute", "name": name}}
+
+
+def environment(
+    lib_dir: str | os.PathLike[str] | None = None,
+    lua_dir: str | os.PathLike[str] | None = None,
+    python_path: list[str] | None = None,
+    base: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment Envoy must run with (module search path, Lua path, ...).
+
+    lib_dir holds libaioresty_envoy.so, libaioresty_core.so and the runtimes;
+    the Lua filter's LuaJIT reads LUA_PATH; core.lua reads AIORESTY_LIB_DIR;
+    the core resolves runtime names through AIORESTY_LIB_PATH.
+    """
+    env = dict(os.environ if base is None else base)
+    lib = str(Path(lib_dir) if lib_dir else paths.lib_dir())
+    lua = str(Path(lua_dir) if lua_dir else paths.lua_dir())
+    env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = lib
+    env["AIORESTY_LIB_DIR"] = lib
+    env["AIORESTY_LIB_PATH"] = lib + (
+        ":" + env["AIORESTY_LIB_PATH"] if env.get("AIORESTY_LIB_PATH") else "")
+    env["LUA_PATH"] = f"{lua}/?.lua;{lua}/?/init.lua;" + env.get("LUA_PATH", ";")
+    if python_path:
+        old = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = ":".join([*python_path, *([old] if old else [])])
+    return env
+
+
+def merge_bridge(config: dict[str, Any], max_request_bytes: int = DEFAULT_MAX_BYTES
+                 ) -> dict[str, Any]:
+    """Adds the bridge cluster, its sink listener and the bootstrap extension
+    to an existing Envoy config dict (in place; also returned).  Idempotent."""
+    exts = config.setdefault("bootstrap_extensions", [])
+    if not any(e.get("name") == "envoy.bootstrap.internal_listener" for e in exts):
+        exts.extend(bootstrap_extensions())
+    sr = config.setdefault("static_resources", {})
+    listeners = sr.setdefault("listeners", [])
+    if not any(x.get("name") == BRIDGE_SINK for x in listeners):
+        listeners.append(bridge_sink_listener())
+    clusters = sr.setdefault("clusters", [])
+    if not any(c.get("name") == BRIDGE_CLUSTER for c in clusters):
+        clusters.append(bridge_cluster(max_request_bytes=max_request_bytes))
+    return config
+
+
+def _read_lua(spec: Any, base: Path) -> str:
+    if isinstance(spec, dict):
+        if "inline" in spec:
+            return str(spec["inline"])
+        spec = spec["file"]
+    p = Path(spec)
+    if not p.is_absolute():
+        p = base / p
+    return p.read_text()
+
+
+def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> dict[str, Any]:
+    """A whole Envoy config from the short user config (module docstring)."""
+    base = Path(base_dir)
+    scripts = {name: _read_lua(spec, base) for name, spec in (user.get("lua") or {}).items()}
+    upstreams: dict[str, str] = dict(user.get("upstreams") or {})
+    routes = []
+    for r in user.get("routes") or []:
+        route: dict[str, Any] = {"match": {"prefix": r.get("prefix", "/")}}
+        if r.get("upstream"):
+            if r["upstream"] not in upstreams:
+                raise ValueError(f"route {r!r}: unknown upstream {r['upstream']!r}")
+            act: dict[str, Any] = {"cluster": r["upstream"], "timeout": r.get("timeout", "30s")}
+            if "prefix_rewrite" in r:
+                act["prefix_rewrite"] = r["prefix_rewrite"]
+            route["route"] = act
+        else:
+            # the script answers with respond(); this is only reached if it did not
+            route["direct_response"] = {"status": int(r.get("status", 200)),
+                                        "body": {"inline_string": r.get("body", "")}}
+        if r.get("lua"):
+            if r["lua"] not in scripts:
+                raise ValueError(f"route {r!r}: unknown lua script {r['lua']!r}")
+            route["typed_per_filter_config"] = lua_per_route(r["lua"])
+        routes.append(route)
+    http_filters = []
+    if scripts:
+        http_filters.append(lua_filter(scripts))
+    http_filters.append({"name": "envoy.filters.http.router", "typed_config": _ROUTER})
+    listener = {
+        "name": "aioresty_main",
+        "address": _addr(user.get("listen", "127.0.0.1:8000")),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": _HCM,
+                "stat_prefix": "aioresty_main",
+                "route_config": {"virtual_hosts": [
+                    {"name": "all", "domains": ["*"], "routes": routes}]},
+                "http_filters": http_filters,
+            },
+        }]}],
+    }
+    clusters = []
+    for name, hostport in upstreams.items():
+        clusters.append({
+            "name": name,
+            "connect_timeout": "2s",
+            "type": "STATIC",
+            "load_assignment": {"cluster_name": name, "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _addr(hostport)}}]}]},
+        })
+    config: dict[str, Any] = {"static_resources": {"listeners": [listener], "clusters": clusters}}
+    if user.get("admin"):
+        config["admin"] = {"address": _addr(user["admin"])}
+    return merge_bridge(config, int(user.get("max_request_bytes", DEFAULT_MAX_BYTES)))
+
+
+def to_yaml(config: dict[str, Any]) -> str:
+    """Serialises a config for ``envoy -c`` (JSON, which Envoy's YAML loader reads)."""
+    return json.dumps(config, indent=2) + "\n"
+
+
+def load_user_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Reads a short user config: .toml or .json."""
+    p = Path(path)
+    if p.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(p.read_text())
+    return json.loads(p.read_text())
+
+
+def load_envoy_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Reads a user's envoy.yaml / .json for merge_bridge (YAML needs PyYAML)."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        import yaml  # type: ignore[import-untyped]
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise RuntimeError(f"{path}: not JSON and PyYAML is not installed") from e
+    return yaml.safe_load(text)

@@ -1,0 +1,11 @@
+function envoy_on_request(request_handle)
+  require("resty_ffi")
+  local demo = ngx.load_ffi("ffi_go_echo")
+  local ok, res = demo:foobar("foobar", request_handle)
+  assert(ok)
+  assert(res == "foobar")
+  local demo = ngx.load_ffi("resty_ffi_python", "ffi.echo?,init", {is_global = true})
+  local ok, res = demo:echo("hello", request_handle)
+  assert(ok)
+  assert(res == "hello")
+end

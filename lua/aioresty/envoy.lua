@@ -1,0 +1,89 @@
+-- aioresty.envoy: the Envoy host adapter of resty_ffi.
+--
+-- A stock Envoy Lua filter coroutine can only wait inside httpCall (or
+-- body()/trailers()), so a call is an httpCall to the "aioresty_bridge"
+-- cluster, whose upstream HTTP filter is libaioresty_envoy.so: it posts the
+-- task to the runtime's queue and answers with a local reply when the
+-- runtime responds (no socket is involved).  See docs/envoy.md.
+--
+--   adapter.call(q, method, req, handle, timeout_ms)
+--       -> rc:number, rsp:string|nil      (rc == 0: success)
+--       -> nil, errmsg                    (the call itself failed)
+local ffi = require "ffi"
+
+local tostring = tostring
+local tonumber = tonumber
+local type = type
+local setmetatable = setmetatable
+local str_sub = string.sub
+local os_getenv = os.getenv
+local ffi_cast = ffi.cast
+
+local _M = { _VERSION = "0.1.0" }
+
+_M.cluster = os_getenv("AIORESTY_ENVOY_CLUSTER") or "aioresty_bridge"
+
+-- decimal text of an ar_queue* for the x-aioresty-q header, cached per cdata
+local qids = setmetatable({}, { __mode = "k" })
+
+local function queue_id(q)
+    local id = qids[q]
+    if id then
+        return id
+    end
+    id = tostring(ffi_cast("uintptr_t", q))     -- "140234234ULL"
+    id = str_sub(id, 1, -4)
+    qids[q] = id
+    return id
+end
+
+local errors = {
+    full = "post failed, queue full",
+    closed = "task queue is finished",
+    nomem = "out of memory",
+    ["bad-request"] = "bad bridge request",
+}
+
+function _M.call(q, method, req, handle, timeout_ms)
+    if q == nil then
+        return nil, "no runtime queue"
+    end
+    if type(handle) ~= "userdata" and type(handle) ~= "table" then
+        return nil, "the Envoy request_handle is required as the last argument"
+    end
+    if req == nil then
+        req = ""
+    elseif type(req) ~= "string" then
+        req = tostring(req)
+    end
+    local headers = {
+        [":method"] = "POST",
+        [":path"] = "/",
+        [":authority"] = "aioresty",
+        ["x-aioresty-q"] = queue_id(q),
+        ["x-aioresty-method"] = method,
+    }
+    local h, body = handle:httpCall(_M.cluster, headers, req, timeout_ms or 0)
+    if not h then
+        return nil, "bridge call failed"
+    end
+    local rc = h["x-aioresty-rc"]
+    if rc then
+        rc = tonumber(rc)
+        if h["x-aioresty-nil"] then
+            return rc, nil
+        end
+        return rc, body or ""
+    end
+    local e = h["x-aioresty-error"]
+    if e then
+        return nil, errors[e] or e
+    end
+    local status = h[":status"]
+    if status == "504" then
+        return nil, "timeout"
+    end
+    return nil, "bridge call failed: status " .. tostring(status) .. ": " .. tostring(body)
+end
+
+return _M

@@ -1,0 +1,471 @@
+-- aioresty.nginx: the nginx-lua adapter of aioresty (stock nginx + lua module).
+--
+-- Lua cannot take callbacks from foreign threads, so an answer reaches the
+-- worker through a file descriptor.  Per worker process:
+--   * libaioresty_nginx.so (native/nginx) is the completion sink of every task
+--     posted from this worker: the runtime thread appends the finished task to
+--     a completion list and writes one wake byte to a unix-socket connection
+--     only when it flips "wake pending" 0 -> 1;
+--   * a background ngx.timer holds the other end of that connection as a
+--     cosocket and loops on receiveany(); each wake drains every completion
+--     and posts the ngx.semaphore of each waiting coroutine;
+--   * a request coroutine posts its task and waits on its semaphore: it
+--     yields, the worker keeps serving.
+--
+-- Ownership: after a successful arn_post the task belongs to the waker; the
+-- drain (and only the drain) releases it.  A waiter that gives up (timeout,
+-- client abort) calls arn_abort and forgets the task.
+--
+-- Public: _M.call (used by resty_ffi.lua), _M.check_process, _M.abort_request,
+-- _M.configure, _M.stats.
+
+local ffi = require "ffi"
+local semaphore = require "ngx.semaphore"
+
+local ffi_new = ffi.new
+local ffi_string = ffi.string
+local ffi_load = ffi.load
+local sema_new = semaphore.new
+local ngx = ngx
+local ngx_log = ngx.log
+local ERR = ngx.ERR
+local WARN = ngx.WARN
+local NOTICE = ngx.NOTICE
+local ngx_get_phase = ngx.get_phase
+local ngx_on_abort = ngx.on_abort
+local ngx_exit = ngx.exit
+local timer_at = ngx.timer.at
+local worker_exiting = ngx.worker.exiting
+local worker_pid = ngx.worker.pid
+local socket_tcp = ngx.socket.tcp
+local pairs = pairs
+local type = type
+local tostring = tostring
+local getenv = os.getenv
+local debug_getinfo = debug.getinfo
+local io_open = io.open
+local ipairs = ipairs
+
+ffi.cdef[[
+struct ar_queue;
+struct ar_task;
+typedef struct arn_done {
+    struct ar_task *task;
+    const char *rsp;
+    size_t len;
+    int32_t id;
+    int32_t rc;
+} arn_done;
+int arn_post(struct ar_queue *q, const char *method, size_t mlen, const char *req,
+             size_t rlen, int32_t id, struct ar_task **out);
+int arn_listen(const char *basedir, char *path, size_t pathlen);
+int arn_accept(void);
+int arn_drain(arn_done **out);
+void arn_abort(struct ar_task *t);
+void arn_release(struct ar_task *t);
+int arn_kick(void);
+void arn_disconnect(void);
+long arn_outstanding(void);
+int arn_stats(char *buf, size_t len);
+]]
+
+local _M = { _VERSION = "0.1" }
+
+-- AR_* codes of aioresty_core.h, as lua-resty-ffi words them
+local POST_ERRORS = {
+    [-1] = "post failed, queue full",
+    [-2] = "task queue is finished",
+    [-3] = "post failed, no memory",
+    [-4] = "post failed, invalid argument",
+}
+
+-- phases whose coroutine may yield on a semaphore
+local YIELDABLE = {
+    rewrite = true, access = true, content = true, timer = true,
+    ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
+}
+-- phases where ngx.on_abort exists
+local ABORTABLE = { rewrite = true, access = true, content = true }
+
+local FOREVER = 2147483            -- seconds: the semaphore's int ms ceiling
+local READ_TIMEOUT_MS = 86400000   -- idle wake read; a sentinel ends it at exit
+local RETRY_DELAY = 1              -- seconds between failed (re)connects
+local SEMA_POOL_MAX = 1024
+local CTX_KEY = "__aioresty_inflight"
+local PATH_MAX = 108
+
+local NL                 -- the ffi.load'ed libaioresty_nginx.so (kept alive)
+local socket_dir         -- nil: $TMPDIR or /tmp (C side)
+local running = false    -- the wake timer of this worker is scheduled/running
+local waiters = {}       -- id -> waiter {sema, task, done, rc, rsp, err}
+local n_waiters = 0
+local next_id = 0
+local sema_pool, sema_pool_n = {}, 0
+local task_out = ffi_new("struct ar_task *[1]")
+local done_out = ffi_new("arn_done *[1]")
+local path_buf = ffi_new("char[?]", PATH_MAX)
+local st = { wakes = 0, drained = 0, timeouts = 0, aborts = 0, reconnects = 0,
+             max_batch = 0 }
+
+local function file_exists(path)
+    local f = io_open(path, "rb")
+    if f then
+        f:close()
+        return true
+    end
+    return false
+end
+
+local LIB_NAME = "libaioresty_nginx.so"
+
+local function lib_dir()
+    local dir = getenv("AIORESTY_LIB_DIR")
+    if dir and dir ~= "" then
+        return dir
+    end
+    local ok, core = pcall(require, "aioresty.core")
+    if ok and type(core) == "table" and type(core.lib_dir) == "string" then
+        return core.lib_dir
+    end
+    -- relative to this file: <pkg>/_lua/aioresty (installed), <repo>/lua/aioresty
+    local src = debug_getinfo(1, "S").source
+    local here = src:match("^@(.*)/[^/]*$") or "."
+    for _, cand in ipairs({ here .. "/../../_lib", here .. "/../../aioresty/_lib",
+                            here .. "/../../native/build" }) do
+        if file_exists(cand .. "/" .. LIB_NAME) then
+            return cand
+        end
+    end
+    return here .. "/../../aioresty/_lib"
+end
+
+local function load_lib()
+    if NL then
+        return NL
+    end
+    -- the core first (resty_ffi normally did it already, globally): our
+    -- library's DT_NEEDED libaioresty_core.so then binds to that same copy
+    pcall(require, "aioresty.core")
+    local path = lib_dir() .. "/" .. LIB_NAME
+    local ok, lib = pcall(ffi_load, path)
+    if not ok then
+        return nil, "aioresty: cannot load " .. path .. ": " .. tostring(lib)
+    end
+    NL = lib
+    return NL
+end
+
+-- Runtimes and threads belong in workers: nginx forks workers from the
+-- master, and threads do not survive a fork.
+local function check_process()
+    local phase = ngx_get_phase()
+    if phase == "init" then
+        return nil, "aioresty: runtimes cannot start in the nginx master process "
+                    .. "(init_by_lua*): call ngx.load_ffi in init_worker_by_lua* "
+                    .. "or at request time"
+    end
+    return true
+end
+_M.check_process = check_process
+
+local function kick_if_idle_exit()
+    if n_waiters == 0 and NL and worker_exiting() then
+        NL.arn_kick()
+    end
+end
+
+local function drain()
+    local n = NL.arn_drain(done_out)
+    if n == 0 then
+        return
+    end
+    local arr = done_out[0]
+    for i = 0, n - 1 do
+        local d = arr[i]
+        local w = waiters[d.id]
+        if w then
+            waiters[d.id] = nil
+            n_waiters = n_waiters - 1
+            w.rc = d.rc
+            if d.rsp ~= nil then
+                w.rsp = ffi_string(d.rsp, d.len)
+            end
+            w.done = true
+            w.sema:post(1)
+        end
+        -- the waker's reference, handed over by arn_drain
+        NL.arn_release(d.task)
+    end
+    st.drained = st.drained + n
+    if n > st.max_batch then
+        st.max_batch = n
+    end
+end
+
+local wake_loop
+
+local function retry_later(delay)
+    if worker_exiting() then
+        running = false
+        return
+    end
+    local ok, err = timer_at(delay, wake_loop)
+    if not ok then
+        running = false
+        ngx_log(ERR, "aioresty: cannot schedule the wake timer: ", err)
+    end
+end
+
+wake_loop = function(premature)
+    if premature then
+        running = false
+        return
+    end
+
+    local rc = NL.arn_listen(socket_dir, path_buf, PATH_MAX)
+    if rc ~= 0 then
+        ngx_log(ERR, "aioresty: wake socket listen failed: errno ", -rc)
+        return retry_later(RETRY_DELAY)
+    end
+    local sock = socket_tcp()
+    sock:settimeouts(1000, 1000, READ_TIMEOUT_MS)
+    local ok, err = sock:connect("unix:" .. ffi_string(path_buf))
+    if ok then
+        rc = NL.arn_accept()    -- also removes the socket file and its dir
+        if rc ~= 0 then
+            ok, err = nil, "accept: errno " .. -rc
+        end
+    else
+        NL.arn_disconnect()     -- removes the socket file and its dir
+    end
+    if not ok then
+        ngx_log(ERR, "aioresty: wake socket connect failed: ", err)
+        sock:close()
+        return retry_later(RETRY_DELAY)
+    end
+
+    drain()
+    while true do
+        -- in a graceful exit keep serving the calls still in flight
+        if n_waiters == 0 and worker_exiting() then
+            break
+        end
+        local data, rerr = sock:receiveany(4096)
+        if data then
+            st.wakes = st.wakes + 1
+            drain()
+        elseif rerr == "timeout" then
+            drain()             -- idle: a safety net, cheap
+        else
+            ngx_log(ERR, "aioresty: wake socket read failed: ", rerr)
+            break
+        end
+    end
+    NL.arn_disconnect()
+    sock:close()
+    if worker_exiting() then
+        running = false
+        return
+    end
+    st.reconnects = st.reconnects + 1
+    return retry_later(0)
+end
+
+-- A pending timer runs early (premature) as soon as a graceful exit starts:
+-- use that to unblock the wake loop's read.
+local function sentinel(premature)
+    if premature and NL then
+        NL.arn_kick()
+    end
+end
+
+local function start()
+    local ok, err = check_process()
+    if not ok then
+        return nil, err
+    end
+    local lib
+    lib, err = load_lib()
+    if not lib then
+        return nil, err
+    end
+    if worker_exiting() then
+        return nil, "aioresty: worker is exiting"
+    end
+    ok, err = timer_at(0, wake_loop)
+    if not ok then
+        return nil, "aioresty: cannot start the wake timer: " .. tostring(err)
+    end
+    ok, err = timer_at(365 * 86400, sentinel)
+    if not ok then
+        ngx_log(WARN, "aioresty: no exit sentinel timer: ", err)
+    end
+    running = true
+    ngx_log(NOTICE, "aioresty: wake loop started in worker ", worker_pid())
+    return true
+end
+
+-- Per request: remember the waiters in flight and, with
+-- lua_check_client_abort on, abort them when the client goes away.
+local function client_aborted()
+    _M.abort_request("client aborted")
+    return ngx_exit(499)
+end
+
+local function watch_abort(id, w)
+    local ctx = ngx.ctx
+    local inflight = ctx[CTX_KEY]
+    if inflight == nil then
+        local ok, err = ngx_on_abort(client_aborted)
+        if ok or err == "duplicate call" then
+            -- duplicate: the application has its own handler, which may
+            -- call abort_request()
+            inflight = {}
+        else
+            inflight = false    -- lua_check_client_abort is off
+        end
+        ctx[CTX_KEY] = inflight
+    end
+    if inflight then
+        inflight[id] = w
+        return inflight
+    end
+end
+
+-- Aborts every call of the current request still in flight (the runtime
+-- sees the abort: aioresty's Python runtime cancels the handler); their
+-- coroutines get nil, reason.  For applications with their own
+-- ngx.on_abort handler.  Returns the number of calls aborted.
+function _M.abort_request(reason)
+    if not ABORTABLE[ngx_get_phase()] then
+        return 0
+    end
+    local inflight = ngx.ctx[CTX_KEY]
+    if not inflight then
+        return 0
+    end
+    local n = 0
+    for id, w in pairs(inflight) do
+        inflight[id] = nil
+        if waiters[id] == w then
+            waiters[id] = nil
+            n_waiters = n_waiters - 1
+            NL.arn_abort(w.task)    -- the drain still releases it
+            w.err = reason or "aborted"
+            w.sema:post(1)
+            n = n + 1
+        end
+    end
+    st.aborts = st.aborts + n
+    kick_if_idle_exit()
+    return n
+end
+
+-- adapter.call(q, method, req, handle, timeout_ms) -> rc, rsp | nil, err
+function _M.call(q, method, req, handle, timeout_ms) -- luacheck: ignore handle
+    if not running then
+        local ok, err = start()
+        if not ok then
+            return nil, err
+        end
+    end
+    local phase = ngx_get_phase()
+    if not YIELDABLE[phase] then
+        return nil, "aioresty: cannot wait for a runtime in the " .. tostring(phase)
+                    .. " phase"
+    end
+    if req ~= nil and type(req) ~= "string" then
+        req = tostring(req)
+    end
+
+    local id = next_id + 1
+    if id >= 2147483647 then
+        id = 1
+    end
+    while waiters[id] do
+        id = id + 1
+    end
+    next_id = id
+
+    local rc = NL.arn_post(q, method, #method, req, req and #req or 0, id, task_out)
+    if rc ~= 0 then
+        return nil, POST_ERRORS[rc] or ("post failed: " .. rc)
+    end
+
+    local sema
+    if sema_pool_n > 0 then
+        sema = sema_pool[sema_pool_n]
+        sema_pool[sema_pool_n] = nil
+        sema_pool_n = sema_pool_n - 1
+    else
+        sema = sema_new()
+    end
+    local w = { sema = sema, task = task_out[0], done = false }
+    waiters[id] = w
+    n_waiters = n_waiters + 1
+
+    local inflight
+    if ABORTABLE[phase] then
+        inflight = watch_abort(id, w)
+    end
+
+    local ok, err = sema:wait(timeout_ms and timeout_ms / 1000 or FOREVER)
+
+    if inflight then
+        inflight[id] = nil
+    end
+    if w.done then
+        -- answered (a timeout racing with the answer counts as answered;
+        -- that semaphore may hold a stray count: do not reuse it)
+        if ok and sema_pool_n < SEMA_POOL_MAX then
+            sema_pool_n = sema_pool_n + 1
+            sema_pool[sema_pool_n] = sema
+        end
+        return w.rc, w.rsp
+    end
+    if w.err then
+        return nil, w.err               -- aborted by abort_request()
+    end
+    -- gave up waiting: timeout (or the wait itself failed)
+    if waiters[id] == w then
+        waiters[id] = nil
+        n_waiters = n_waiters - 1
+        NL.arn_abort(w.task)            -- the drain still releases it
+    end
+    st.timeouts = st.timeouts + 1
+    kick_if_idle_exit()
+    return nil, err or "timeout"
+end
+
+-- opts.socket_dir: where each worker creates its private (0700) directory
+-- for the wake socket; default $TMPDIR (if exported with `env TMPDIR;`) or
+-- /tmp.  Call before the first runtime call (e.g. in init_by_lua).
+function _M.configure(opts)
+    if type(opts) ~= "table" then
+        return nil, "table expected"
+    end
+    if opts.socket_dir ~= nil then
+        if type(opts.socket_dir) ~= "string" or #opts.socket_dir > PATH_MAX - 40 then
+            return nil, "bad socket_dir"
+        end
+        socket_dir = opts.socket_dir
+    end
+    return true
+end
+
+-- Diagnostics: a one-line summary for logs and tests.
+function _M.stats()
+    local lib = load_lib()
+    local native = ""
+    if lib then
+        local buf = ffi_new("char[?]", 256)
+        lib.arn_stats(buf, 256)
+        native = ffi_string(buf)
+    end
+    return native .. " waiters=" .. n_waiters .. " lua_wakes=" .. st.wakes
+           .. " lua_drained=" .. st.drained .. " max_batch=" .. st.max_batch
+           .. " timeouts=" .. st.timeouts .. " aborts=" .. st.aborts
+           .. " reconnects=" .. st.reconnects .. " running=" .. tostring(running)
+end
+
+return _M

@@ -1,0 +1,201 @@
+/*
+ * aioresty_core.h - the native task-queue core of aioresty.
+ *
+ * Three audiences, three sections:
+ *
+ *   1. Runtimes (any language): lua-resty-ffi's runtime C ABI, unchanged.
+ *      A runtime library exports `int libffi_init(char *cfg, void *tq)` and
+ *      serves the queue `tq` with ngx_http_lua_ffi_task_poll / _get_req /
+ *      _respond.  Go, Rust or C runtimes written for lua-resty-ffi load as is.
+ *   2. Async runtimes (aioresty's Python runtime): extensions on the same
+ *      queue - a wake-up eventfd, a non-blocking batch drain that also
+ *      reports aborted tasks, the method name and id of each task.
+ *   3. Hosts (the C test host, the Envoy module, the nginx adapter, Lua via
+ *      LuaJIT ffi): load runtimes through the registry, create and post
+ *      tasks, get each answer back through a completion sink.
+ *
+ * Threads.  Every function here is thread-safe.  Hosts post from their own
+ * threads; runtimes poll/drain/respond from theirs; a task's completion sink
+ * runs on the thread that called ngx_http_lua_ffi_respond.
+ *
+ * Ownership - who frees what:
+ *   - ar_queue (the `tq`): reference counted.  The registry holds one
+ *     reference while the runtime is loaded; the runtime side holds one until
+ *     ngx_http_lua_ffi_task_poll returned NULL (or ar_queue_drain returned
+ *     -1): after that the runtime must not touch tq again.  Hosts that keep
+ *     the pointer take their own reference (ar_queue_ref / ar_queue_unref).
+ *   - ar_task: reference counted, two references once posted: the host's and
+ *     the runtime's.  The runtime's reference ends inside
+ *     ngx_http_lua_ffi_respond (do not touch the task after it).  The host's
+ *     ends with ar_task_release.  The task is freed with the last reference.
+ *   - request bytes: copied into the task by ar_task_new, NUL-terminated,
+ *     owned by the task; ngx_http_lua_ffi_get_req returns a borrowed pointer
+ *     valid until the runtime responds.
+ *   - response bytes: malloc'ed by the runtime and handed over by
+ *     ngx_http_lua_ffi_respond; owned by the task from then on and freed
+ *     (with free()) together with it.  ar_task_response returns a borrowed
+ *     pointer valid until the host releases the task.
+ *   - cfg passed to libffi_init: owned by the registry, valid only during the
+ *     call; a runtime that needs it later must copy it.
+ *   - the completion sink (ar_sink) and its ctx: owned by the host and must
+ *     outlive every task posted with it.  host_data is opaque to the core.
+ */
+#ifndef AIORESTY_CORE_H
+#define AIORESTY_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define AR_API __attribute__((visibility("default")))
+
+typedef struct ar_queue ar_queue;
+typedef struct ar_task ar_task;
+
+/* ---------------------------------------------------------------------------
+ * 1. lua-resty-ffi runtime ABI (exact semantics of lua-resty-ffi)
+ * ------------------------------------------------------------------------ */
+
+/* Signature a runtime library exports.  0 = success.  `tq` is an ar_queue. */
+typedef int (*ar_libffi_init_fn)(char *cfg, void *tq);
+
+/* Blocks until a task is queued.  Returns NULL once the runtime was unloaded
+ * and every task posted before the unload was handed out: stop using tq. */
+AR_API void *ngx_http_lua_ffi_task_poll(void *tq);
+
+/* The request bytes of a task (owned by the task, NUL-terminated). `len` may
+ * be NULL. */
+AR_API char *ngx_http_lua_ffi_get_req(void *task, int *len);
+
+/* Answers a task.  rc 0 = success.  rsp is malloc'ed by the runtime (or NULL)
+ * and is freed by the core; rsp_len 0 with a non-NULL rsp means rsp is a
+ * NUL-terminated string.  Runs the task's completion sink on this thread,
+ * then drops the runtime's reference: the task must not be used afterwards.
+ * A second respond on the same task is ignored (and its rsp freed). */
+AR_API void ngx_http_lua_ffi_respond(void *task, int rc, char *rsp, int rsp_len);
+
+/* ---------------------------------------------------------------------------
+ * 2. Extensions for async runtimes
+ * ------------------------------------------------------------------------ */
+
+/* The queue's wake-up eventfd (non-blocking).  It becomes readable when the
+ * queue goes from "nothing to drain" to "something to drain" (tasks, abort
+ * notices, or the unload); it is written only on that transition.  Calling it
+ * also turns on abort notices for tasks already handed out.  The fd is owned
+ * by the queue. */
+AR_API int ar_queue_fd(ar_queue *q);
+
+/* Non-blocking batch drain, for the thread that watches ar_queue_fd.
+ * Resets the eventfd, moves up to `cap` queued tasks into `tasks` (the runtime
+ * now holds them and must respond to each) and up to `acap` ids of aborted,
+ * already handed-out tasks into `aborted` (*naborted = count; may be NULL
+ * when acap is 0).  Returns the number of tasks, or -1 when the queue was
+ * unloaded and is empty: the runtime's reference is dropped, stop using q.
+ * If a cap was hit the eventfd is re-armed so the caller comes back. */
+AR_API int ar_queue_drain(ar_queue *q, ar_task **tasks, int cap, uint64_t *aborted, int acap,
+                          int *naborted);
+
+/* The method the Lua side called (`runtime:<method>(req)`); never NULL. */
+AR_API const char *ar_task_method(const ar_task *t, size_t *len);
+
+/* The request bytes (same as ngx_http_lua_ffi_get_req, with a size_t). */
+AR_API const char *ar_task_request(const ar_task *t, size_t *len);
+
+/* Process-unique id of a posted task (used in abort notices). */
+AR_API uint64_t ar_task_id(const ar_task *t);
+
+/* 1 once the host gave up waiting (client gone, timeout). */
+AR_API int ar_task_aborted(const ar_task *t);
+
+/* ---------------------------------------------------------------------------
+ * 3. Hosts
+ * ------------------------------------------------------------------------ */
+
+/* Error codes (negative). */
+enum {
+    AR_OK = 0,
+    AR_EFULL = -1,     /* max_queue tasks are already waiting */
+    AR_ECLOSED = -2,   /* the runtime was unloaded */
+    AR_ENOMEM = -3,
+    AR_EINVAL = -4,
+    AR_ELOAD = -5,     /* library not found / no libffi_init / init failed */
+};
+
+/* Completion sink: `complete` runs exactly once per successfully posted task,
+ * on the thread that answered it, after the response is stored.  It must be
+ * quick and must not block (hand the task over to the host's own thread).
+ * The host still owns its reference: it reads the answer and releases the
+ * task later, on its own thread. */
+typedef struct ar_sink {
+    void (*complete)(ar_task *t, void *ctx);
+    void *ctx;
+} ar_sink;
+
+/* Load flags. */
+enum {
+    AR_LOAD_GLOBAL = 1, /* dlopen the runtime library RTLD_GLOBAL (is_global) */
+    AR_LOAD_UNPIN = 2,  /* dlclose it once the runtime acknowledged its unload */
+};
+
+/* Registry.  Returns the runtime's queue for the key `lib&cfg`, loading it on
+ * first use: dlopen (see ar_resolve_library), dlsym libffi_init, call it with
+ * a private copy of cfg.  The caller gets a new reference (ar_queue_unref).
+ * max_queue <= 0 means 65536; the first load's max_queue and flags win.
+ * On failure returns NULL and writes a message into err (errlen bytes). */
+AR_API ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int flags,
+                                 char *err, size_t errlen);
+
+/* Unload: no new posts (AR_ECLOSED), the tasks already queued are still
+ * handed out, then the runtime sees NULL / -1.  Removes the entry from the
+ * registry, so the next ar_runtime_load of the same key loads afresh.
+ * Idempotent. */
+AR_API void ar_runtime_unload(ar_queue *q);
+
+/* Unloads every runtime in the registry (host shutdown). */
+AR_API void ar_runtime_unload_all(void);
+
+/* Where `lib` resolves to: a name with a '/' is a path; otherwise
+ * lib<name>.so is looked up in $AIORESTY_LIB_PATH (':'-separated), then
+ * next to libaioresty_core.so, then by the dynamic linker's default search.
+ * Writes the chosen path (or the bare soname) into out. */
+AR_API int ar_resolve_library(const char *lib, char *out, size_t outlen);
+
+AR_API void ar_queue_ref(ar_queue *q);
+AR_API void ar_queue_unref(ar_queue *q);
+AR_API int ar_queue_closed(const ar_queue *q);    /* 1 after unload */
+AR_API int ar_queue_pending(ar_queue *q);         /* tasks waiting to be taken */
+
+/* A new task (host reference only).  Copies method and request.  host_data is
+ * the host's, untouched by the core.  NULL on out-of-memory. */
+AR_API ar_task *ar_task_new(const char *method, size_t method_len, const char *req, size_t req_len,
+                            const ar_sink *sink, void *host_data);
+
+/* Posts a task.  AR_OK: the runtime now holds its reference and the sink will
+ * run once.  AR_EFULL / AR_ECLOSED: nothing happened, the sink will not run,
+ * the host still owns the task (release it). */
+AR_API int ar_task_post(ar_queue *q, ar_task *t);
+
+/* Host gives up waiting: marks the task aborted and, if the runtime already
+ * took it and watches abort notices, queues a notice for it.  The sink still
+ * runs when the runtime answers.  Does not release the host's reference. */
+AR_API void ar_task_abort(ar_task *t);
+
+AR_API int ar_task_done(const ar_task *t);       /* 1 once answered */
+AR_API int ar_task_rc(const ar_task *t);
+/* The answer; NULL when the runtime answered NULL.  Length resolved (the
+ * NUL-terminated form of a 0 rsp_len is measured). */
+AR_API const char *ar_task_response(const ar_task *t, size_t *len);
+AR_API void *ar_task_host_data(const ar_task *t);
+AR_API void ar_task_release(ar_task *t);
+
+/* Diagnostics, for leak tests. */
+AR_API long ar_tasks_alive(void);
+AR_API long ar_queues_alive(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* AIORESTY_CORE_H */

@@ -1,0 +1,278 @@
+/*
+ * registry.c - the process-wide runtime registry: one runtime per
+ * `lib&cfg`, loaded by dlopen + libffi_init(cfg, tq), shared by every host
+ * thread and Lua VM of the process.
+ *
+ * The registry lock is held while a runtime initialises, so two hosts that
+ * load the same key at once get one runtime, and runtimes start one at a time.
+ */
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core_internal.h"
+
+typedef struct entry {
+    struct entry *next;         /* registry list link (while registered) */
+    char *key;                  /* "lib&cfg" or "lib" */
+    void *dl;                   /* dlopen handle */
+    int flags;
+    ar_queue *q;
+    int registered;
+} entry;
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static entry *g_entries;
+static pid_t g_pid;             /* process that loaded the first runtime */
+static int g_promoted;
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || !errlen) return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int is_file(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Directory holding this library (libaioresty_core.so). */
+static int own_dir(char *out, size_t outlen)
+{
+    Dl_info di;
+    if (!dladdr((void *)&own_dir, &di) || !di.dli_fname) return -1;
+    const char *slash = strrchr(di.dli_fname, '/');
+    if (!slash) return -1;
+    size_t n = (size_t)(slash - di.dli_fname);
+    if (n + 1 > outlen) return -1;
+    memcpy(out, di.dli_fname, n);
+    out[n] = '\0';
+    return 0;
+}
+
+int ar_resolve_library(const char *lib, char *out, size_t outlen)
+{
+    char cand[PATH_MAX];
+    if (!lib || !*lib || !out) return AR_EINVAL;
+    if (strchr(lib, '/')) {
+        if ((size_t)snprintf(out, outlen, "%s", lib) >= outlen) return AR_EINVAL;
+        return AR_OK;
+    }
+    const char *path = getenv("AIORESTY_LIB_PATH");
+    while (path && *path) {
+        const char *end = strchr(path, ':');
+        size_t n = end ? (size_t)(end - path) : strlen(path);
+        if (n > 0 && n < sizeof cand) {
+            if ((size_t)snprintf(cand, sizeof cand, "%.*s/lib%s.so", (int)n, path, lib) <
+                    sizeof cand && is_file(cand)) {
+                goto found;
+            }
+        }
+        path = end ? end + 1 : NULL;
+    }
+    {
+        char dir[PATH_MAX - 64];
+        if (own_dir(dir, sizeof dir) == 0 &&
+            (size_t)snprintf(cand, sizeof cand, "%s/lib%s.so", dir, lib) < sizeof cand &&
+            is_file(cand)) {
+            goto found;
+        }
+    }
+    /* the dynamic linker's own search (LD_LIBRARY_PATH, ld.so.cache, ...) */
+    if ((size_t)snprintf(out, outlen, "lib%s.so", lib) >= outlen) return AR_EINVAL;
+    return AR_OK;
+found:
+    if ((size_t)snprintf(out, outlen, "%s", cand) >= outlen) return AR_EINVAL;
+    return AR_OK;
+}
+
+/* Runtime libraries resolve ngx_http_lua_ffi_* when they are dlopen'ed:
+ * this library must be in the global scope by then, whatever way the host
+ * loaded it (proxies load modules RTLD_LOCAL). */
+static void promote_self(void)
+{
+    Dl_info di;
+    if (g_promoted) return;
+    if (dladdr((void *)&ngx_http_lua_ffi_task_poll, &di) && di.dli_fname) {
+        if (dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL)) g_promoted = 1;
+    }
+}
+
+static char *make_key(const char *lib, const char *cfg)
+{
+    size_t ll = strlen(lib), cl = cfg ? strlen(cfg) : 0;
+    char *k = malloc(ll + 1 + cl + 1);
+    if (!k) return NULL;
+    memcpy(k, lib, ll);
+    if (cfg) {
+        k[ll] = '&';
+        memcpy(k + ll + 1, cfg, cl + 1);
+    } else {
+        k[ll] = '\0';
+    }
+    return k;
+}
+
+ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int flags, char *err,
+                          size_t errlen)
+{
+    char path[PATH_MAX];
+    entry *e;
+    ar_queue *q = NULL;
+    char *key = NULL, *cfg_copy = NULL;
+    void *dl = NULL;
+
+    if (!lib || !*lib) {
+        set_err(err, errlen, "no library name given");
+        return NULL;
+    }
+    key = make_key(lib, cfg);
+    if (!key) {
+        set_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_lock(&g_lock);
+    if (g_pid && g_pid != getpid()) {
+        set_err(err, errlen,
+                "runtimes were started in process %d, this is a forked child (%d): "
+                "load runtimes after fork, in the worker process",
+                (int)g_pid, (int)getpid());
+        goto fail;
+    }
+    for (e = g_entries; e; e = e->next) {
+        if (strcmp(e->key, key) == 0) {
+            ar_queue_ref(e->q);
+            q = e->q;
+            pthread_mutex_unlock(&g_lock);
+            free(key);
+            return q;
+        }
+    }
+    promote_self();
+    if (ar_resolve_library(lib, path, sizeof path) != AR_OK) {
+        set_err(err, errlen, "bad library name '%s'", lib);
+        goto fail;
+    }
+    dl = dlopen(path, RTLD_NOW | ((flags & AR_LOAD_GLOBAL) ? RTLD_GLOBAL : RTLD_LOCAL));
+    if (!dl) {
+        set_err(err, errlen, "cannot load runtime library '%s': %s", lib, dlerror());
+        goto fail;
+    }
+    ar_libffi_init_fn init = (ar_libffi_init_fn)dlsym(dl, "libffi_init");
+    if (!init) {
+        set_err(err, errlen, "runtime library '%s' (%s) has no libffi_init", lib, path);
+        goto fail;
+    }
+    e = calloc(1, sizeof *e);
+    q = ar_queue_create(max_queue);
+    if (cfg) cfg_copy = strdup(cfg);
+    if (!e || !q || (cfg && !cfg_copy)) {
+        set_err(err, errlen, "out of memory");
+        free(e);
+        if (q) {
+            ar_queue_unref(q);
+            ar_queue_unref(q);
+        }
+        q = NULL;
+        goto fail;
+    }
+    if (!g_pid) g_pid = getpid();
+    int rc = init(cfg_copy, q);
+    free(cfg_copy);
+    if (rc != 0) {
+        /* Contract: a runtime that fails its init keeps no use of tq. */
+        set_err(err, errlen, "libffi_init of '%s' with cfg '%s' failed: rc=%d", lib,
+                cfg ? cfg : "(null)", rc);
+        free(e);
+        ar_queue_close(q);
+        ar_queue_unref(q);
+        ar_queue_unref(q);
+        q = NULL;
+        goto fail;
+    }
+    e->key = key;
+    e->dl = dl;
+    e->flags = flags;
+    e->q = q;
+    e->registered = 1;
+    e->next = g_entries;
+    g_entries = e;
+    q->registry_entry = e;
+    ar_queue_ref(q);                        /* the caller's reference */
+    pthread_mutex_unlock(&g_lock);
+    return q;
+
+fail:
+    pthread_mutex_unlock(&g_lock);
+    free(key);
+    if (dl && (flags & AR_LOAD_UNPIN)) dlclose(dl);
+    return NULL;
+}
+
+/* Remove e from the list; g_lock held.  Returns 1 if it was registered. */
+static int unregister_locked(entry *e)
+{
+    entry **pp;
+    if (!e->registered) return 0;
+    for (pp = &g_entries; *pp; pp = &(*pp)->next) {
+        if (*pp == e) {
+            *pp = e->next;
+            break;
+        }
+    }
+    e->registered = 0;
+    e->next = NULL;
+    return 1;
+}
+
+void ar_runtime_unload(ar_queue *q)
+{
+    int drop = 0;
+    if (!q) return;
+    pthread_mutex_lock(&g_lock);
+    entry *e = q->registry_entry;
+    if (e) drop = unregister_locked(e);
+    pthread_mutex_unlock(&g_lock);
+    ar_queue_close(q);
+    if (drop) ar_queue_unref(q);            /* the registry's reference */
+}
+
+void ar_runtime_unload_all(void)
+{
+    for (;;) {
+        pthread_mutex_lock(&g_lock);
+        entry *e = g_entries;
+        ar_queue *q = e ? e->q : NULL;
+        if (q) ar_queue_ref(q);
+        pthread_mutex_unlock(&g_lock);
+        if (!q) return;
+        ar_runtime_unload(q);
+        ar_queue_unref(q);
+    }
+}
+
+void ar_registry_queue_freed(ar_queue *q)
+{
+    entry *e = q->registry_entry;
+    if (!e) return;
+    pthread_mutex_lock(&g_lock);
+    unregister_locked(e);
+    pthread_mutex_unlock(&g_lock);
+    if (e->flags & AR_LOAD_UNPIN) dlclose(e->dl);
+    free(e->key);
+    free(e);
+}

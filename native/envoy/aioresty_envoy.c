@@ -1,0 +1,424 @@
+/*
+ * aioresty_envoy.c - libaioresty_envoy.so, aioresty's Envoy dynamic module.
+ *
+ * Mode "bridge" (the only mode so far): the module is an UPSTREAM http
+ * filter of a dedicated cluster ("aioresty_bridge").  A stock Envoy Lua
+ * filter calls a runtime with
+ *
+ *     request_handle:httpCall("aioresty_bridge", {
+ *         [":method"]="POST", [":path"]="/", [":authority"]="aioresty",
+ *         ["x-aioresty-q"]=<ar_queue* as decimal>,
+ *         ["x-aioresty-method"]=<method> }, req, timeout_ms)
+ *
+ * which is the only way a stock Lua coroutine can wait without blocking the
+ * worker (DESIGN.md section 3).  Here the module buffers the request body to
+ * the end of stream, posts a task to the core's queue (aioresty_core.h),
+ * returns StopIteration, and when the runtime answers (completion sink, on
+ * the runtime's thread) commits the http-filter scheduler; on the worker
+ * thread `scheduled` then sends a local reply that never leaves Envoy:
+ *
+ *     200, x-aioresty-rc: <rc>, [x-aioresty-nil: 1 when rsp was NULL], body = rsp
+ *
+ * Posting errors answer at once: 503 with x-aioresty-error: full | closed |
+ * nomem, and 400 with x-aioresty-error: bad-request for a malformed call.
+ * A reset stream (httpCall timeout, client gone) destroys the filter and
+ * never runs `scheduled`: the task is aborted there (the Python runtime
+ * cancels its handler) and the late answer is dropped.
+ *
+ * Trust: x-aioresty-q carries a raw pointer into this process.  Only Lua
+ * code running in this Envoy can reach the bridge cluster (httpCall); a
+ * route must never send downstream traffic to it (aioresty's generated
+ * config does not).
+ *
+ * Threads and ownership:
+ *   - bridge_filter is created and destroyed on its worker thread.  Once a
+ *     task is posted it is shared with the runtime thread that answers it,
+ *     so it is reference counted: one reference for the filter side (dropped
+ *     in on_http_filter_destroy), one for the completion sink (dropped by the
+ *     sink after its commit).  The last one frees it.
+ *   - the scheduler is created on the worker before posting; its deletion
+ *     belongs to whoever makes the last use: the sink (after commit) when the
+ *     post succeeded, the worker when it failed.  Deleted exactly once.
+ *   - `mu` orders the sink's commit against filter destroy: after destroy
+ *     returns, no commit for this filter is in flight or will happen, so a
+ *     worker dispatcher torn down at shutdown is never posted to.
+ *   - the ar_task: the host reference is owned by the worker side and
+ *     released on the worker (`scheduled`, or destroy); the runtime's
+ *     reference is the core's business.
+ *   - body_buf (multi-slice request bodies) is malloc'ed and freed by the
+ *     worker; ar_task_new copies it.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aioresty_core.h"
+#include "envoy_abi.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+#define HDR_QUEUE "x-aioresty-q"
+#define HDR_METHOD "x-aioresty-method"
+#define HDR_RC "x-aioresty-rc"
+#define HDR_NIL "x-aioresty-nil"
+#define HDR_ERROR "x-aioresty-error"
+
+#define MB(s) ((mod_buf){(s), sizeof(s) - 1})
+
+typedef struct bridge_config {
+    int unused;
+} bridge_config;
+
+typedef struct bridge_filter {
+    atomic_int refs;            /* filter side + sink side once posted */
+    pthread_mutex_t mu;         /* guards `destroyed` against the sink's commit */
+    int destroyed;              /* filter destroy ran (worker), guarded by mu */
+    void *fe;                   /* Envoy's filter pointer; worker thread only */
+    void *sched;                /* see the ownership notes above */
+    ar_task *task;              /* host reference; worker thread only */
+    ar_queue *q;                /* borrowed from the Lua caller for the call's duration */
+    char method[128];
+    size_t method_len;
+    int posted;                 /* the task reached the queue; worker only */
+} bridge_filter;
+
+static void logf_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logf_(int level, const char *fmt, ...)
+{
+    char b[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b, sizeof b, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n >= sizeof b) n = (int)sizeof b - 1;
+    envoy_dynamic_module_callback_log(level, (mod_buf){b, (size_t)n});
+}
+
+static void filter_unref(bridge_filter *f)
+{
+    if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) != 1) return;
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}
+
+/* Completion sink: runs on the runtime thread that answered, exactly once per
+ * posted task.  Must not touch Envoy objects other than the scheduler. */
+static void on_task_complete(ar_task *t, void *ctx)
+{
+    (void)ctx;
+    bridge_filter *f = ar_task_host_data(t);
+    void *sched = f->sched;
+    pthread_mutex_lock(&f->mu);
+    if (!f->destroyed) envoy_dynamic_module_callback_http_filter_scheduler_commit(sched, 1);
+    pthread_mutex_unlock(&f->mu);
+    /* last use of the scheduler: the commit (if any) holds only a weak ref */
+    envoy_dynamic_module_callback_http_filter_scheduler_delete(sched);
+    filter_unref(f);                                    /* the sink's reference */
+}
+
+static const ar_sink g_sink = {on_task_complete, NULL};
+
+/* ------------------------------------------------------------ replies */
+
+static void reply_error(void *fe, uint32_t status, const char *code)
+{
+    mod_hdr h[] = {
+        {HDR_ERROR, sizeof(HDR_ERROR) - 1, code, strlen(code)},
+        {"content-type", 12, "text/plain", 10},
+    };
+    envoy_dynamic_module_callback_http_send_response(fe, status, h, 2, (mod_buf){code, strlen(code)},
+                                                     MB("aioresty_bridge_error"));
+}
+
+/* Posts the task with the request bytes `req` (copied by the core). */
+static void post_call(bridge_filter *f, const char *req, size_t req_len)
+{
+    ar_task *t = ar_task_new(f->method, f->method_len, req, req_len, &g_sink, f);
+    if (!t) {
+        reply_error(f->fe, 503, "nomem");
+        return;
+    }
+    /* scheduler before posting: the sink may run before ar_task_post returns */
+    f->sched = envoy_dynamic_module_callback_http_filter_scheduler_new(f->fe);
+    f->task = t;
+    atomic_fetch_add(&f->refs, 1);                      /* the sink's reference */
+    int rc = ar_task_post(f->q, t);
+    f->q = NULL;                                        /* not used past the post */
+    if (rc == AR_OK) {
+        f->posted = 1;
+        return;
+    }
+    /* Not posted: the sink will never run; its reference and the scheduler
+     * are ours to drop, and the task is still only ours. */
+    envoy_dynamic_module_callback_http_filter_scheduler_delete(f->sched);
+    f->sched = NULL;
+    atomic_fetch_sub(&f->refs, 1);                      /* cannot reach 0: filter side holds one */
+    f->task = NULL;
+    ar_task_release(t);
+    reply_error(f->fe, 503, rc == AR_EFULL ? "full" : rc == AR_ECLOSED ? "closed" : "invalid");
+}
+
+/* Reads the whole buffered request body and posts it. */
+static void post_with_body(bridge_filter *f)
+{
+    void *fe = f->fe;
+    static const int kinds[2] = {ENV_BODY_BUFFERED_REQUEST, ENV_BODY_RECEIVED_REQUEST};
+    env_buf one = {NULL, 0};
+    size_t nslices = 0, total = 0;
+    for (int k = 0; k < 2; k++) {
+        size_t n = envoy_dynamic_module_callback_http_get_body_chunks_size(fe, kinds[k]);
+        if (n == 0) continue;
+        if (n == 1 && nslices == 0) {
+            env_buf b[1];
+            if (envoy_dynamic_module_callback_http_get_body_chunks(fe, kinds[k], b)) one = b[0];
+        }
+        nslices += n;
+        total += envoy_dynamic_module_callback_http_get_body_size(fe, kinds[k]);
+    }
+    if (nslices <= 1 && one.length == total) {
+        post_call(f, one.ptr, one.length);              /* common case: no copy here */
+        return;
+    }
+    /* several slices: gather them (owned here, freed below; the core copies) */
+    char *buf = malloc(total ? total : 1);
+    if (!buf) {
+        reply_error(fe, 503, "nomem");
+        return;
+    }
+    size_t off = 0;
+    for (int k = 0; k < 2; k++) {
+        size_t n = envoy_dynamic_module_callback_http_get_body_chunks_size(fe, kinds[k]);
+        if (n == 0) continue;
+        env_buf *v = calloc(n, sizeof *v);
+        if (!v) {
+            free(buf);
+            reply_error(fe, 503, "nomem");
+            return;
+        }
+        if (envoy_dynamic_module_callback_http_get_body_chunks(fe, kinds[k], v)) {
+            for (size_t i = 0; i < n && off < total; i++) {
+                size_t l = v[i].length < total - off ? v[i].length : total - off;
+                memcpy(buf + off, v[i].ptr, l);
+                off += l;
+            }
+        }
+        free(v);
+    }
+    post_call(f, buf, off);
+    free(buf);
+}
+
+/* ------------------------------------------------------------ hooks */
+
+EXPORT const char *envoy_dynamic_module_on_program_init(void)
+{
+    return AR_ENVOY_ABI_VERSION;
+}
+
+EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *cfg_envoy, env_buf name,
+                                                                  env_buf conf)
+{
+    (void)cfg_envoy;
+    /* Only "bridge" (or empty) is known so far. */
+    if (conf.length && !(conf.length == 6 && memcmp(conf.ptr, "bridge", 6) == 0)) {
+        logf_(ENV_LOG_ERROR, "aioresty: unknown filter_config '%.*s' for filter '%.*s' (want 'bridge')",
+              (int)conf.length, conf.ptr, (int)name.length, name.ptr);
+        return NULL;
+    }
+    bridge_config *c = calloc(1, sizeof *c);
+    return c;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(const void *cfg)
+{
+    free((void *)cfg);
+}
+
+EXPORT const void *envoy_dynamic_module_on_http_filter_new(const void *cfg, void *fe)
+{
+    (void)cfg;
+    bridge_filter *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    atomic_init(&f->refs, 1);
+    pthread_mutex_init(&f->mu, NULL);
+    f->fe = fe;
+    return f;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *fe, const void *fm, bool eos)
+{
+    bridge_filter *f = (bridge_filter *)fm;
+    env_buf qv = {NULL, 0}, mv = {NULL, 0};
+    f->fe = fe;
+    envoy_dynamic_module_callback_http_get_header(fe, ENV_HDR_REQUEST, MB(HDR_QUEUE), &qv, 0, NULL);
+    envoy_dynamic_module_callback_http_get_header(fe, ENV_HDR_REQUEST, MB(HDR_METHOD), &mv, 0, NULL);
+    char num[32];
+    if (!qv.ptr || qv.length == 0 || qv.length >= sizeof num || !mv.ptr ||
+        mv.length >= sizeof f->method) {
+        reply_error(fe, 400, "bad-request");
+        return ENV_HEADERS_STOP_ITERATION;
+    }
+    memcpy(num, qv.ptr, qv.length);
+    num[qv.length] = '\0';
+    char *end = NULL;
+    errno = 0;
+    unsigned long long addr = strtoull(num, &end, 10);
+    if (errno || !end || *end || addr == 0) {
+        reply_error(fe, 400, "bad-request");
+        return ENV_HEADERS_STOP_ITERATION;
+    }
+    f->q = (ar_queue *)(uintptr_t)addr;
+    memcpy(f->method, mv.ptr, mv.length);
+    f->method[mv.length] = '\0';
+    f->method_len = mv.length;
+    if (eos) post_call(f, NULL, 0);
+    return ENV_HEADERS_STOP_ITERATION;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_body(void *fe, const void *fm, bool eos)
+{
+    bridge_filter *f = (bridge_filter *)fm;
+    f->fe = fe;
+    if (!f->q) return ENV_BODY_STOP_NO_BUFFER;          /* already answered or posted */
+    if (!eos) return ENV_BODY_STOP_BUFFER;
+    post_with_body(f);
+    return ENV_BODY_STOP_BUFFER;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(void *fe, const void *fm)
+{
+    bridge_filter *f = (bridge_filter *)fm;
+    f->fe = fe;
+    if (f->q) post_with_body(f);                        /* trailers end the request */
+    return ENV_TRAILERS_STOP;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_scheduled(void *fe, const void *fm, uint64_t id)
+{
+    (void)id;
+    bridge_filter *f = (bridge_filter *)fm;
+    ar_task *t = f->task;
+    if (!t || !ar_task_done(t)) return;
+    f->task = NULL;                 /* `t` is now this function's to release */
+    char rcs[16];
+    int rcl = snprintf(rcs, sizeof rcs, "%d", ar_task_rc(t));
+    size_t len = 0;
+    const char *rsp = ar_task_response(t, &len);
+    mod_hdr h[3] = {
+        {HDR_RC, sizeof(HDR_RC) - 1, rcs, (size_t)rcl},
+        {"content-type", 12, "application/octet-stream", 24},
+        {HDR_NIL, sizeof(HDR_NIL) - 1, "1", 1},
+    };
+    /* Envoy copies the body; the filter may be destroyed inside this call,
+     * so `f` is not touched after it. */
+    envoy_dynamic_module_callback_http_send_response(fe, 200, h, rsp ? 2 : 3,
+                                                     (mod_buf){rsp ? rsp : "", rsp ? len : 0},
+                                                     MB("aioresty_bridge"));
+    ar_task_release(t);
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *fm)
+{
+    bridge_filter *f = (bridge_filter *)fm;
+    if (!f) return;
+    pthread_mutex_lock(&f->mu);
+    f->destroyed = 1;               /* no commit after this point */
+    pthread_mutex_unlock(&f->mu);
+    if (f->task) {
+        /* the waiter is gone (timeout, reset): tell the runtime, drop our ref */
+        if (f->posted && !ar_task_done(f->task)) ar_task_abort(f->task);
+        ar_task_release(f->task);
+        f->task = NULL;
+    }
+    filter_unref(f);                                    /* the filter side's reference */
+}
+
+/* ---- hooks Envoy requires but the bridge does not use ---- */
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_headers(void *fe, const void *fm, bool eos)
+{
+    (void)fe, (void)fm, (void)eos;
+    return ENV_HEADERS_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_body(void *fe, const void *fm, bool eos)
+{
+    (void)fe, (void)fm, (void)eos;
+    return ENV_BODY_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(void *fe, const void *fm)
+{
+    (void)fe, (void)fm;
+    return ENV_TRAILERS_CONTINUE;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *fe, const void *fm)
+{
+    (void)fe, (void)fm;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_callout_done(void *fe, const void *fm,
+                                                                  uint64_t id, int result,
+                                                                  void *headers, size_t nheaders,
+                                                                  void *chunks, size_t nchunks)
+{
+    (void)fe, (void)fm, (void)id, (void)result, (void)headers, (void)nheaders, (void)chunks,
+        (void)nchunks;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_headers(void *fe, const void *fm,
+                                                                    uint64_t id, void *headers,
+                                                                    size_t n, bool eos)
+{
+    (void)fe, (void)fm, (void)id, (void)headers, (void)n, (void)eos;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_data(void *fe, const void *fm,
+                                                                 uint64_t id, const void *data,
+                                                                 size_t n, bool eos)
+{
+    (void)fe, (void)fm, (void)id, (void)data, (void)n, (void)eos;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_trailers(void *fe, const void *fm,
+                                                                     uint64_t id, void *trailers,
+                                                                     size_t n)
+{
+    (void)fe, (void)fm, (void)id, (void)trailers, (void)n;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_complete(void *fe, const void *fm,
+                                                                     uint64_t id)
+{
+    (void)fe, (void)fm, (void)id;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_reset(void *fe, const void *fm,
+                                                                  uint64_t id, int reason)
+{
+    (void)fe, (void)fm, (void)id, (void)reason;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    void *fe, const void *fm)
+{
+    (void)fe, (void)fm;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    void *fe, const void *fm)
+{
+    (void)fe, (void)fm;
+}
+
+/* ---- diagnostics for tests (callable from LuaJIT ffi on this .so) ---- */
+EXPORT long aioresty_envoy_tasks_alive(void)
+{
+    return ar_tasks_alive();
+}

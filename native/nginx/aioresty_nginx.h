@@ -1,0 +1,109 @@
+/*
+ * aioresty_nginx.h - the per-worker waker of aioresty's nginx-lua adapter.
+ *
+ * Stock nginx-lua cannot take callbacks from foreign threads, so completions
+ * reach the worker's event loop through a file descriptor: one unix-socket
+ * connection per worker process.  A background ngx.timer holds the nginx
+ * end as a cosocket (receiveany); this library holds the other end.
+ *
+ *   runtime thread                          nginx worker (Lua, one thread)
+ *   --------------                          ------------------------------
+ *   ngx_http_lua_ffi_respond(task)
+ *     -> sink: append {task,id,rc,rsp}
+ *        to the completion list;
+ *        write one wake byte only when  ->  receiveany() returns
+ *        "wake pending" flips 0 -> 1        arn_drain(): clear the flag, swap
+ *                                           the list out, post each waiter's
+ *                                           ngx.semaphore, release the tasks
+ *
+ * Threads.  arn_complete (the sink) runs on runtime threads; every other
+ * function is called from the worker's single Lua thread only.
+ *
+ * Ownership - who frees what:
+ *   - A task posted with arn_post: the runtime holds its own reference until
+ *     it responds; the host reference taken by arn_post belongs to the waker
+ *     from then on and is handed to the Lua thread inside the arn_done entry
+ *     returned by arn_drain.  The Lua thread must call ar_task_release on
+ *     every drained task exactly once (it does so right after copying the
+ *     response).  Lua must never release a task it got from arn_post: a
+ *     waiter that gives up calls ar_task_abort and lets the drain release it.
+ *   - The arn_done arrays belong to the waker.  The array returned by
+ *     arn_drain is valid until the next arn_drain; its rsp pointers are
+ *     borrowed from the tasks (valid until each task is released).
+ *   - The socket file exists only between arn_listen and arn_accept (it is
+ *     unlinked, and its private 0700 directory removed, as soon as the
+ *     worker's own connection is accepted), and an atexit handler removes it
+ *     if the process exits in between.
+ *
+ * Processes.  The waker belongs to the process that first used it.  After a
+ * fork every entry point notices the changed pid, forgets the parent's state
+ * (without touching the parent's tasks) and starts afresh.
+ */
+#ifndef AIORESTY_NGINX_H
+#define AIORESTY_NGINX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "aioresty_core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One completion, filled on the runtime thread by the sink.  Layout is
+ * mirrored by the ffi.cdef in lua/aioresty/nginx.lua: keep them in sync. */
+typedef struct arn_done {
+    ar_task *task;   /* the host reference: release it (ar_task_release) */
+    const char *rsp; /* borrowed from task; NULL when the runtime sent NULL */
+    size_t len;
+    int32_t id;      /* the Lua waiter id given to arn_post */
+    int32_t rc;
+} arn_done;
+
+/* Creates a task with the waker's sink, reserves room for its completion and
+ * posts it.  AR_OK: *out is the task (its host reference now belongs to the
+ * waker, see above).  Otherwise (AR_EFULL, AR_ECLOSED, AR_ENOMEM, AR_EINVAL)
+ * nothing was posted and no task is left behind. */
+AR_API int arn_post(ar_queue *q, const char *method, size_t mlen, const char *req, size_t rlen,
+                    int32_t id, ar_task **out);
+
+/* Creates a private directory (mkdtemp under basedir, or $TMPDIR or /tmp
+ * when basedir is NULL/empty; mode 0700, owned by the worker's user) with a
+ * listening socket in it.  Writes the socket path into path.  0 or -errno. */
+AR_API int arn_listen(const char *basedir, char *path, size_t pathlen);
+
+/* Accepts the connection the worker itself just made to the arn_listen
+ * socket (verified with SO_PEERCRED), installs it as the wake fd, then
+ * closes the listener and removes the socket file and its directory.
+ * Forces one wake so nothing posted while disconnected is missed.
+ * 0 or -errno. */
+AR_API int arn_accept(void);
+
+/* Takes every completion so far: *out points at `return value` entries,
+ * valid until the next arn_drain.  Clears "wake pending" first, so a
+ * completion racing with the drain is either in this batch or writes a new
+ * wake byte. */
+AR_API int arn_drain(arn_done **out);
+
+/* ar_task_abort / ar_task_release, re-exported so the Lua adapter needs no
+ * declaration of its own for core functions (see lua/aioresty/nginx.lua). */
+AR_API void arn_abort(ar_task *t);
+AR_API void arn_release(ar_task *t);
+
+/* Unconditional wake byte (graceful exit: unblock the reader). */
+AR_API int arn_kick(void);
+
+/* Closes the wake connection (the reader went away) and any listener. */
+AR_API void arn_disconnect(void);
+
+/* Tasks posted and not drained yet. */
+AR_API long arn_outstanding(void);
+
+/* Counters: posted, completed, wakes written, drains, drained. */
+AR_API int arn_stats(char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* AIORESTY_NGINX_H */

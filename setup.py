@@ -1,0 +1,48 @@
+"""Build glue: every native library is built by native/Makefile as part of the
+Python build and installed inside the package (aioresty/_lib), next to the
+aioresty._native extension; the Lua files go to aioresty/_lua."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class BuildWithNative(build_ext):
+    def run(self) -> None:
+        if self.inplace:
+            pkg = ROOT / "aioresty"
+        else:
+            pkg = Path(self.build_lib).resolve() / "aioresty"
+        out = pkg / "_lib"
+        out.mkdir(parents=True, exist_ok=True)
+        subprocess.check_call(
+            ["make", "-C", str(ROOT / "native"), f"OUT={out}", f"PYTHON={sys.executable}"]
+        )
+        if not self.inplace:
+            lua = pkg / "_lua"
+            shutil.rmtree(lua, ignore_errors=True)
+            shutil.copytree(ROOT / "lua", lua)
+        for ext in self.extensions:
+            ext.library_dirs.append(str(out))
+        super().run()
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "aioresty._native",
+            sources=["aioresty/_native.c"],
+            include_dirs=["native/core"],
+            libraries=["aioresty_core"],
+            runtime_library_dirs=["$ORIGIN/_lib"],
+            extra_compile_args=["-Wall", "-Wextra", "-Werror", "-std=gnu11"],
+        )
+    ],
+    cmdclass={"build_ext": BuildWithNative},
+)

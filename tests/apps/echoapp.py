@@ -1,0 +1,87 @@
+"""The test app: one handler per behaviour the runtime must get right."""
+
+import asyncio
+
+from aioresty import App, HandlerError
+
+app = App(timeout=2.0, unload_grace=1.0)
+started: dict[str, int] = {"slow": 0, "cancelled": 0}
+
+
+@app.handler
+async def echo(req: bytes) -> bytes:
+    return req
+
+
+@app.handler
+async def upper(req: bytes) -> str:
+    return req.decode().upper()
+
+
+@app.handler
+async def nothing(req: bytes) -> None:
+    return None
+
+
+@app.handler
+async def suspend_echo(req: bytes) -> bytes:
+    await asyncio.sleep(0)
+    await asyncio.sleep(0.001)
+    return req
+
+
+@app.handler
+async def fail(req: bytes) -> bytes:
+    raise ValueError(f"bad input {req.decode()!r}")
+
+
+@app.handler
+async def fail_later(req: bytes) -> bytes:
+    await asyncio.sleep(0.01)
+    raise KeyError("late")
+
+
+@app.handler
+async def refuse(req: bytes) -> bytes:
+    raise HandlerError("custom refusal", rc=42)
+
+
+@app.handler
+async def wrong_type(req: bytes) -> int:
+    return 7
+
+
+@app.handler
+async def sleep(req: bytes) -> bytes:
+    """Sleeps float(req) seconds; records cancellations for the abort tests."""
+    started["slow"] += 1
+    try:
+        await asyncio.sleep(float(req or b"10"))
+    except asyncio.CancelledError:
+        started["cancelled"] += 1
+        print(f"[echoapp] sleep cancelled ({started['cancelled']})", flush=True)
+        raise
+    return b"slept"
+
+
+@app.handler(timeout=0.2)
+async def short_timeout(req: bytes) -> bytes:
+    await asyncio.sleep(5)
+    return b"never"
+
+
+@app.handler(codec="msgpack")
+async def add(args: dict) -> dict:
+    return {"sum": args["a"] + args["b"], "echo": args}
+
+
+@app.handler(eager=False)
+async def needs_task(req: bytes) -> bytes:
+    async with asyncio.timeout(1):
+        assert asyncio.current_task() is not None
+        return req
+
+
+@app.handler
+async def stats(req: bytes) -> str:
+    return f"{started['slow']} {started['cancelled']}"
