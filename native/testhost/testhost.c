@@ -14,6 +14,7 @@
  *   pending NAME                                                -> pending N
  *   stress NAME METHOD THREADS CALLS SIZE WINDOW  echo check    -> stress ...
  *   bench NAME METHOD THREADS SECONDS SIZE WINDOW               -> bench {json}
+ *   signals                                 dispositions of INT TERM HUP PIPE
  *   sleep MS | alive | exit
  *
  * result: "done rc=R nil=0|1 len=N crc=CRC32 hex=HEX" | "timeout" | "err post CODE"
@@ -24,6 +25,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -415,6 +417,9 @@ static void run_workers(ar_queue *q, const char *method, int threads, long calls
     free(ws);
 }
 
+/* The host's own signal handler: the loader must leave it in place. */
+static void on_signal(int sig) { (void)sig; }
+
 /* ---- the script ---- */
 static int run_line(char *line)
 {
@@ -521,6 +526,16 @@ static int run_line(char *line)
     } else if (!strcmp(cmd, "sleep") && argc >= 2) {
         usleep((useconds_t)atol(argv[1]) * 1000);
         printf("ok\n");
+    } else if (!strcmp(cmd, "signals")) {
+        static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+        printf("signals");
+        for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) {
+            struct sigaction sa;
+            sigaction(sigs[i], NULL, &sa);
+            printf(" %d=%s", sigs[i], sa.sa_handler == SIG_DFL ? "dfl" :
+                   sa.sa_handler == SIG_IGN ? "ign" : sa.sa_handler == on_signal ? "host" : "other");
+        }
+        printf("\n");
     } else if (!strcmp(cmd, "alive")) {
         printf("alive tasks=%ld queues=%ld\n", core.tasks_alive(), core.queues_alive());
     } else if (!strcmp(cmd, "exit")) {
@@ -539,6 +554,10 @@ int main(int argc, char **argv)
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);      /* as a proxy would; SIGINT stays default */
+    signal(SIGPIPE, SIG_IGN);
     if (bind_core(argv[1]) < 0) return 2;
     wg_init(&g_wg);
     while (fgets(line, sizeof line, stdin)) {

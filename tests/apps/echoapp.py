@@ -1,6 +1,7 @@
 """The test app: one handler per behaviour the runtime must get right."""
 
 import asyncio
+import sys
 
 from aioresty import App, HandlerError
 
@@ -59,7 +60,7 @@ async def sleep(req: bytes) -> bytes:
         await asyncio.sleep(float(req or b"10"))
     except asyncio.CancelledError:
         started["cancelled"] += 1
-        print(f"[echoapp] sleep cancelled ({started['cancelled']})", flush=True)
+        print(f"[echoapp] sleep cancelled ({started['cancelled']})", file=sys.stderr, flush=True)
         raise
     return b"slept"
 

@@ -2,6 +2,7 @@
  * One thread per load; echoes each request after the delay.  Built by the
  * tests into a temporary directory. */
 #include <pthread.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,11 @@ __attribute__((visibility("default"))) int libffi_init(char *cfg, void *tq)
     if (!s) return 1;
     s->tq = tq;
     s->ms = cfg && *cfg ? atol(cfg) : 100;
+    const char *log = getenv("AIORESTY_TEST_INIT_LOG");     /* one line per init */
+    if (log) {
+        FILE *f = fopen(log, "a");
+        if (f) { fprintf(f, "init %s\n", cfg ? cfg : ""); fclose(f); }
+    }
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     int err = pthread_create(&th, NULL, serve, s);

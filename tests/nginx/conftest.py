@@ -1,0 +1,261 @@
+"""Fixtures for the integration tests against real stock nginx (Debian 12 packages).
+
+Every test starts its own `nginx -g 'daemon off;'` (master as the current user,
+workers as `nobody` when that user is root) in a private prefix, on free
+127.0.0.1 ports, with the Debian dynamic modules loaded and lua_package_path set
+to the repository's lua/ directory.  Python runtimes run in the workers from the
+repository checkout (PYTHONPATH) in the venv given by AIORESTY_VENV / VIRTUAL_ENV
+(else the interpreter running pytest).  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LUA_DIR = REPO / "lua"
+TEST_LUA = Path(__file__).resolve().parent / "lua"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+MODULES = Path("/usr/lib/nginx/modules")
+RESTY_CORE = Path("/usr/share/lua/5.1")
+
+
+def lib_dir() -> Path:
+    env = os.environ.get("AIORESTY_LIB_DIR")
+    if env:
+        return Path(env)
+    for cand in (REPO / "aioresty" / "_lib", REPO / "native" / "build"):
+        if (cand / "libaioresty_nginx.so").is_file():
+            return cand
+    return REPO / "aioresty" / "_lib"
+
+
+def venv_dir() -> str:
+    for var in ("AIORESTY_VENV", "VIRTUAL_ENV"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return sys.prefix if sys.prefix != sys.base_prefix else ""
+
+
+def _missing() -> str | None:
+    if not Path(NGINX).exists():
+        return "nginx is not installed"
+    for mod in ("ndk_http_module.so", "ngx_http_lua_module.so"):
+        if not (MODULES / mod).is_file():
+            return f"{MODULES / mod} missing (apt-get install libnginx-mod-http-lua)"
+    if not (RESTY_CORE / "resty" / "core.lua").is_file():
+        return "lua-resty-core is not installed"
+    if not (lib_dir() / "libaioresty_nginx.so").is_file():
+        return f"libaioresty_nginx.so not built in {lib_dir()}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def children(pid: int) -> list[int]:
+    """Pids whose parent is pid (nginx workers of a master)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces: the ppid is the 2nd field after the last ')'
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            out.append(int(d))
+    return sorted(out)
+
+
+def proc_user(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    raise LookupError(pid)
+
+
+class Nginx:
+    """One nginx instance in its own prefix."""
+
+    def __init__(self, prefix: Path, port: int):
+        self.prefix = prefix
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+        self.sock_dir = prefix / "sock"
+        self.sock_dir.mkdir(mode=0o1777)
+        os.chmod(self.sock_dir, 0o1777)  # workers (nobody) create their private dirs here
+        (prefix / "logs").mkdir()
+        self.conf = prefix / "nginx.conf"
+        self.extra_env: dict[str, str] = {}
+
+    # -- configuration -------------------------------------------------
+    def write_conf(self, server: str, http: str = "", main: str = "", workers: int = 2,
+                   init: str = "", init_worker: str = "") -> None:
+        lua_path = f"{LUA_DIR}/?.lua;{TEST_LUA}/?.lua;{RESTY_CORE}/?.lua;;"
+        extra = os.environ.get("AIORESTY_NGINX_EXTRA_LUA_PATH")  # local stand-ins
+        if extra:
+            lua_path = f"{LUA_DIR}/?.lua;{TEST_LUA}/?.lua;{extra}/?.lua;{RESTY_CORE}/?.lua;;"
+        self.conf.write_text(f"""
+load_module {MODULES}/ndk_http_module.so;
+load_module {MODULES}/ngx_http_lua_module.so;
+worker_processes {workers};
+error_log logs/error.log info;
+pid logs/nginx.pid;
+env AIORESTY_LIB_DIR;
+env AIORESTY_VENV;
+env PYTHONPATH;
+{main}
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_buffer_size 4m;
+    client_max_body_size 8m;
+    client_body_temp_path {self.prefix}/tmp_body;
+    lua_package_path "{lua_path}";
+    lua_shared_dict results 1m;
+    init_by_lua_block {{
+        require "resty_ffi"
+        require("aioresty.nginx").configure{{ socket_dir = "{self.sock_dir}" }}
+        {init}
+    }}
+    init_worker_by_lua_block {{
+        {init_worker}
+    }}
+    {http}
+    server {{
+        listen 127.0.0.1:{self.port};
+        {server}
+    }}
+}}
+""")
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["AIORESTY_LIB_DIR"] = str(lib_dir())
+        env["PYTHONPATH"] = str(REPO)
+        venv = venv_dir()
+        if venv:
+            env["AIORESTY_VENV"] = venv
+        env.update(self.extra_env)
+        return env
+
+    # -- process control -------------------------------------------------
+    def start(self, timeout: float = 15.0) -> None:
+        self.stdout = open(self.prefix / "stdout.log", "wb")
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
+            stdout=self.stdout, stderr=subprocess.STDOUT, env=self.env(),
+            start_new_session=True,
+        )
+
+        def up():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.output()}"
+                                   f"\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(up, timeout, what="nginx to listen")
+
+    def workers(self) -> list[int]:
+        return children(self.proc.pid) if self.proc else []
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, sig: int = signal.SIGQUIT, timeout: float = 20.0) -> int:
+        if not self.proc or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            raise
+
+    def log(self) -> str:
+        p = self.prefix / "logs" / "error.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def output(self) -> str:
+        p = self.prefix / "stdout.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def bad_log_lines(self, allow: tuple[str, ...] = ()) -> list[str]:
+        bad = []
+        for line in self.log().splitlines():
+            if any(f"[{lvl}]" in line for lvl in ("error", "crit", "alert", "emerg")):
+                if not any(a in line for a in allow):
+                    bad.append(line)
+        return bad
+
+    # -- client ----------------------------------------------------------
+    def request(self, path: str, body: bytes | None = None, method: str | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 15.0):
+        """(status, headers dict, body) of one request on a fresh connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method or ("POST" if body is not None else "GET"), path, body=body,
+                         headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def nginx():
+    why = _missing()
+    if why:
+        pytest.skip(why)
+    prefix = Path(tempfile.mkdtemp(prefix="aioresty-nginx-"))
+    os.chmod(prefix, 0o755)  # workers run as nobody when the master is root
+    inst = Nginx(prefix, free_port())
+    try:
+        yield inst
+    finally:
+        try:
+            inst.stop(signal.SIGTERM, timeout=10)
+        finally:
+            if getattr(inst, "stdout", None):
+                inst.stdout.close()
+            if os.environ.get("AIORESTY_KEEP_NGINX"):
+                print(f"nginx prefix kept: {prefix}")
+            else:
+                shutil.rmtree(prefix, ignore_errors=True)
