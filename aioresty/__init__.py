@@ -15,14 +15,14 @@ from .app import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "App",
-    "Handler",
-    "HandlerError",
     "RC_BAD_REQUEST",
     "RC_BAD_RESULT",
     "RC_CANCELLED",
     "RC_ERROR",
     "RC_NO_METHOD",
     "RC_TIMEOUT",
+    "App",
+    "Handler",
+    "HandlerError",
     "__version__",
 ]

@@ -45,17 +45,36 @@ static PyObject *nat_drain(PyObject *self, PyObject *tq)
     if (n < 0) Py_RETURN_NONE;
     PyObject *lt = PyList_New(n), *la = PyList_New(na);
     if (!lt || !la) goto fail;
+    /* Calls in one batch mostly share a method: reuse the previous str. */
+    PyObject *last_m = NULL;
+    const char *last_mp = NULL;
+    size_t last_ml = 0;
     for (int i = 0; i < n; i++) {
         size_t ml, rl;
         const char *m = ar_task_method(tasks[i], &ml);
         const char *r = ar_task_request(tasks[i], &rl);
-        PyObject *it = Py_BuildValue("(NKNNN)", PyLong_FromVoidPtr(tasks[i]),
-                                     (unsigned long long)ar_task_id(tasks[i]),
-                                     PyUnicode_DecodeUTF8(m, (Py_ssize_t)ml, "replace"),
-                                     PyBytes_FromStringAndSize(r, (Py_ssize_t)rl),
-                                     PyBool_FromLong(ar_task_aborted(tasks[i])));
+        PyObject *it = PyTuple_New(5);
         if (!it) goto fail;
         PyList_SET_ITEM(lt, i, it);
+        PyObject *meth;
+        if (last_m && ml == last_ml && memcmp(m, last_mp, ml) == 0) {
+            meth = Py_NewRef(last_m);
+        } else {
+            meth = PyUnicode_DecodeUTF8(m, (Py_ssize_t)ml, "replace");
+            last_m = meth;
+            last_mp = m;
+            last_ml = ml;
+        }
+        PyObject *task = PyLong_FromVoidPtr(tasks[i]);
+        PyObject *id = PyLong_FromUnsignedLongLong(ar_task_id(tasks[i]));
+        PyObject *payload = PyBytes_FromStringAndSize(r, (Py_ssize_t)rl);
+        PyObject *ab = PyBool_FromLong(ar_task_aborted(tasks[i]));
+        PyTuple_SET_ITEM(it, 0, task);
+        PyTuple_SET_ITEM(it, 1, id);
+        PyTuple_SET_ITEM(it, 2, meth);
+        PyTuple_SET_ITEM(it, 3, payload);
+        PyTuple_SET_ITEM(it, 4, ab);
+        if (!task || !id || !meth || !payload) goto fail;
     }
     for (int i = 0; i < na; i++) {
         PyObject *id = PyLong_FromUnsignedLongLong(aborted[i]);

@@ -12,9 +12,9 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgpack
 
@@ -50,6 +50,12 @@ class Handler:
     codec: Codec
     timeout: float | None
     eager: bool
+
+    # raw bytes in and eager start: the runtime's inline path applies
+    fast: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fast", self.codec == "bytes" and self.eager)
 
     def decode(self, payload: bytes) -> Any:
         if self.codec == "msgpack":
@@ -195,7 +201,7 @@ def load_app(spec: str) -> App:
     module = importlib.import_module(modname)
     if not attr:
         return app_from_module(module)
-    obj: Union[App, Any] = getattr(module, attr, None)
+    obj: App | Any = getattr(module, attr, None)
     if obj is None:
         raise LookupError(f"module '{modname}' has no attribute '{attr}'")
     if not isinstance(obj, App):

@@ -75,7 +75,7 @@ def _resume(coro: Coroutine[Any, Any, Any], first: Any) -> Generator[Any, Any, A
 class _Call:
     """A handler that suspended: its Task and why it may get cancelled."""
 
-    __slots__ = ("task", "timer", "reason")
+    __slots__ = ("reason", "task", "timer")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
@@ -144,11 +144,32 @@ class Runtime:
             self._begin_unload()
             return
         tasks, aborted = batch
+        handlers = self.app._handlers
+        respond = _native.respond
         for task, tid, method, payload, was_aborted in tasks:
-            if was_aborted:
-                _native.respond(task, RC_CANCELLED, "aioresty: the caller went away")
+            handler = handlers.get(method)
+            if handler is None or was_aborted or not handler.fast:
+                if was_aborted:
+                    respond(task, RC_CANCELLED, "aioresty: the caller went away")
+                else:
+                    self._dispatch(task, tid, method, payload)
                 continue
-            self._dispatch(task, tid, method, payload)
+            # Fast path (bytes codec, eager): run the handler up to its first
+            # suspension right here; most answers need no Task at all.
+            try:
+                coro = handler.fn(payload)
+                first = coro.send(None)
+            except StopIteration as stop:
+                value = stop.value
+                if type(value) is bytes:
+                    respond(task, 0, value)
+                else:
+                    self._answer(task, handler, value)
+                continue
+            except BaseException as exc:
+                self._answer_error(task, method, exc)
+                continue
+            self._track(task, tid, handler, self._finish(task, tid, handler, coro, first, True))
         for tid in aborted:
             call = self._inflight.get(tid)
             if call is not None and call.task is not None:

@@ -54,7 +54,7 @@ class AppClient:
             arg = handler.decode(payload or b"")
             try:
                 result = await asyncio.wait_for(handler.fn(arg), handler.timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 msg = f"aioresty: handler '{handler.name}' timed out after {handler.timeout}s"
                 return Result(RC_TIMEOUT, msg.encode())
             out = handler.encode(result)

@@ -72,7 +72,7 @@ def test_load_app_errors() -> None:
         load_app("")
     with pytest.raises(LookupError, match="no attribute 'zzz'"):
         load_app("tests.apps.echoapp:zzz")
-    with pytest.raises(TypeError, match="not an aioresty.App"):
+    with pytest.raises(TypeError, match=r"not an aioresty\.App"):
         load_app("tests.apps.echoapp:started")
     with pytest.raises(LookupError, match="no App and no public async def"):
         load_app("tests.hostlib")

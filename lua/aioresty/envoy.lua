@@ -63,7 +63,10 @@ function _M.call(q, method, req, handle, timeout_ms)
         ["x-aioresty-q"] = queue_id(q),
         ["x-aioresty-method"] = method,
     }
-    local h, body = handle:httpCall(_M.cluster, headers, req, timeout_ms or 0)
+    if type(timeout_ms) ~= "number" or timeout_ms < 0 then
+        timeout_ms = 0                          -- 0: no per-call timeout
+    end
+    local h, body = handle:httpCall(_M.cluster, headers, req, timeout_ms)
     if not h then
         return nil, "bridge call failed"
     end

@@ -167,6 +167,7 @@ local function check_process()
     return true
 end
 _M.check_process = check_process
+_M.can_load = check_process     -- the name resty_ffi.load_ffi looks for
 
 local function kick_if_idle_exit()
     if n_waiters == 0 and NL and worker_exiting() then
@@ -409,7 +410,11 @@ function _M.call(q, method, req, handle, timeout_ms) -- luacheck: ignore handle
         inflight = watch_abort(id, w)
     end
 
-    local ok, err = sema:wait(timeout_ms and timeout_ms / 1000 or FOREVER)
+    local wait_s = FOREVER
+    if type(timeout_ms) == "number" and timeout_ms >= 0 then
+        wait_s = timeout_ms / 1000
+    end
+    local ok, err = sema:wait(wait_s)
 
     if inflight then
         inflight[id] = nil

@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,13 +91,19 @@ static int bind_core(const char *path)
 typedef struct waitgroup {
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    atomic_int waiters;     /* threads (about to be) blocked on cv */
     ar_sink sink;
 } waitgroup;
 
-static void on_complete(ar_task *t, void *ctx)   /* runtime thread */
+/* Runtime thread.  Signals only when somebody sleeps: a busy host thread
+ * finds the answer by itself (it checks ar_task_done after announcing
+ * itself in `waiters`, and the task was marked done before this runs). */
+static void on_complete(ar_task *t, void *ctx)
 {
     waitgroup *wg = ctx;
     (void)t;
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!atomic_load(&wg->waiters)) return;
     pthread_mutex_lock(&wg->mu);
     pthread_cond_broadcast(&wg->cv);
     pthread_mutex_unlock(&wg->mu);
@@ -110,6 +117,7 @@ static void wg_init(waitgroup *wg)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&wg->cv, &ca);
     pthread_condattr_destroy(&ca);
+    atomic_init(&wg->waiters, 0);
     wg->sink.complete = on_complete;
     wg->sink.ctx = wg;
 }
@@ -140,18 +148,20 @@ static int wait_task(waitgroup *wg, ar_task *t, long timeout_ms)
             dl.tv_nsec -= 1000000000L;
         }
     }
+    int rc = 0;
     pthread_mutex_lock(&wg->mu);
+    atomic_fetch_add(&wg->waiters, 1);
     while (!core.done(t)) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&wg->cv, &wg->mu);
         } else if (pthread_cond_timedwait(&wg->cv, &wg->mu, &dl) == ETIMEDOUT) {
-            int d = core.done(t);
-            pthread_mutex_unlock(&wg->mu);
-            return d ? 0 : -1;
+            rc = core.done(t) ? 0 : -1;
+            break;
         }
     }
+    atomic_fetch_sub(&wg->waiters, 1);
     pthread_mutex_unlock(&wg->mu);
-    return 0;
+    return rc;
 }
 
 /* ---- payloads ---- */
@@ -323,6 +333,7 @@ static void *worker_main(void *arg)
         }
         int busy = 0;
         pthread_mutex_lock(&wg.mu);
+        atomic_fetch_add(&wg.waiters, 1);
         for (;;) {
             int any_done = 0;
             busy = 0;
@@ -334,6 +345,7 @@ static void *worker_main(void *arg)
             if (!busy || any_done) break;
             pthread_cond_wait(&wg.cv, &wg.mu);
         }
+        atomic_fetch_sub(&wg.waiters, 1);
         pthread_mutex_unlock(&wg.mu);
         if (!busy) break;
         for (int i = 0; i < w->window; i++) {

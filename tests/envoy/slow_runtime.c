@@ -23,6 +23,10 @@ static void *serve(void *arg)
         nanosleep(&ts, NULL);
         int len = 0;
         char *req = ngx_http_lua_ffi_get_req(t, &len);
+        if (len == 4 && memcmp(req, "NULL", 4) == 0) {     /* answer a NULL rsp */
+            ngx_http_lua_ffi_respond(t, 0, NULL, 0);
+            continue;
+        }
         char *rsp = malloc((size_t)len + 1);
         if (rsp) { memcpy(rsp, req, (size_t)len); rsp[len] = 0; }
         ngx_http_lua_ffi_respond(t, rsp ? 0 : 1, rsp, len);

@@ -55,6 +55,11 @@ def test_empty_and_binary(probe):
     assert status == 200 and body == data
 
 
+def test_null_answer_is_nil(probe, slow_runtime):
+    status, h, body = call(probe, lib=slow_runtime, cfg="0", body=b"NULL")
+    assert (status, h["x-rc"], h["x-nil"], body) == (200, "0", "1", b"")
+
+
 def test_one_mebibyte_both_ways(probe):
     data = os.urandom(1 << 20)
     status, h, body = call(probe, body=data, timeout=30)

@@ -333,6 +333,21 @@ def test_quit_with_calls_in_flight(nginx):
     assert list(nginx.sock_dir.iterdir()) == []
 
 
+def test_idle_worker_exits_promptly(nginx):
+    """An idle wake loop (blocked in its read) does not hold up a graceful exit."""
+    nginx.write_conf(CALL, workers=2)
+    nginx.start()
+    for _ in range(4):
+        assert nginx.request("/call?m=echo", b"x")[2] == b"x"
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    nginx.send_signal(signal.SIGQUIT)
+    assert nginx.proc.wait(15) == 0
+    assert time.monotonic() - t0 < 3
+    assert nginx.bad_log_lines() == []
+    assert list(nginx.sock_dir.iterdir()) == []
+
+
 def test_socket_dir_is_private():
     """The waker's socket lives in a 0700 directory of its own, gone once accepted."""
     lib = ctypes.CDLL(str(lib_dir() / "libaioresty_nginx.so"))

@@ -33,36 +33,10 @@ function _M.reply(ok, res, err)
     ngx.print(err or tostring(res))
 end
 
--- A call with a per-call timeout straight through the adapter (the public
--- runtime:method(req) has none): the queue comes from the core's registry
--- (same lib&cfg key as ngx.load_ffi, so the same runtime).
-local ffi = require "ffi"
-pcall(ffi.cdef, [[
-typedef struct ar_queue ar_queue;
-ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int flags,
-                          char *err, size_t errlen);
-void ar_queue_unref(ar_queue *q);
-]])
-local core
+-- A call with its own timeout (ms): resty_ffi.call(rt, method, req, handle, ms)
 function _M.call_timeout(lib, cfg, method, req, timeout_ms)
-    _M.runtime(lib, cfg)                -- loaded (and cached) the public way
-    if not core then
-        core = ffi.load((os.getenv("AIORESTY_LIB_DIR") or ".") .. "/libaioresty_core.so", true)
-    end
-    local err = ffi.new("char[256]")
-    local q = core.ar_runtime_load(lib, cfg, 0, 0, err, 256)
-    if q == nil then
-        return false, ffi.string(err)
-    end
-    local rc, rsp = require("aioresty.nginx").call(q, method, req, nil, timeout_ms)
-    core.ar_queue_unref(q)
-    if rc == nil then
-        return false, rsp
-    end
-    if rc == 0 then
-        return true, rsp
-    end
-    return false, rc, rsp
+    local rt = _M.runtime(lib, cfg)
+    return require("resty_ffi").call(rt, method, req, nil, timeout_ms)
 end
 
 -- body of the request ("" if none)
