@@ -43,7 +43,7 @@ test: venv
 	cd $(ROOT) && $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 demo: venv
-	$(VENV)/bin/python -m aioresty.demo
+	$(VENV)/bin/python examples/demo_host.py
 
 bench-core: venv
 	$(VENV)/bin/python benchmarks/bench_core.py

@@ -45,6 +45,12 @@ function envoy_on_request(h)
         h:respond({[":status"] = "500", ["x-err"] = "load"}, tostring(err))
         return
     end
+    if path:find("^/unload_then_call") then
+        rt:__unload()
+        local ok, res, e = rt:echo("x", h)
+        h:respond({[":status"] = "200"}, tostring(ok) .. "|" .. tostring(res) .. "|" .. tostring(e))
+        return
+    end
     if path:find("^/unload") then
         rt:__unload()
         h:respond({[":status"] = "200"}, "unloaded")
