@@ -272,3 +272,37 @@ def test_two_runtimes_side_by_side(host: Host) -> None:
     assert host.call("p", "upper", "text:a").data == b"A"
     assert host.call("l", "echo", "text:b").data == b"b"
     assert host.call("c", "echo", "text:c").data == b"c"
+
+
+def test_python_shutdown_drains_then_cancels_and_joins(py: Host) -> None:
+    py.ok("post p quick sleep text:0.2")
+    py.ok("post p stuck sleep text:30")
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    assert py.send("pyshutdown", 20) == "pyshutdown 0"  # returns once the thread is joined
+    assert time.monotonic() - t0 < 5
+    quick = parse_answer(py.send("wait quick 1000"))
+    assert (quick.rc, quick.data) == (0, b"slept")
+    stuck = parse_answer(py.send("wait stuck 1000"))
+    assert stuck.rc == 6 and "shutting down" in stuck.text
+    assert "runtime 'tests.apps.echoapp' stopped" in py.stderr
+
+
+def test_no_runtime_in_a_forked_child(host: Host) -> None:
+    host.ok("load c ffi_c_echo -")
+    line = host.send("forkload ffi_c_echo rc=1")
+    assert line.startswith("forkload runtimes were started in process"), line
+    assert "load runtimes after fork, in the worker process" in line
+    assert host.call("c", "x", "text:parent-still-fine").rc == 0
+
+
+def test_unload_right_after_an_abort_still_stops_the_runtime(py: Host) -> None:
+    py.ok("post p a sleep text:30")
+    time.sleep(0.1)
+    py.ok("abort a")
+    py.ok("unload p")
+    deadline = time.time() + 3
+    while "runtime 'tests.apps.echoapp' stopped" not in py.stderr and time.time() < deadline:
+        time.sleep(0.05)
+    assert "runtime 'tests.apps.echoapp' stopped" in py.stderr
+    assert py.send("alive") == "alive tasks=0 queues=0"

@@ -16,7 +16,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "httpbin-standin/1.0"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         if parts.path != "/get":
             self._send(404, {"error": "not found", "path": parts.path})

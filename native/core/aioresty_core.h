@@ -24,6 +24,8 @@
  *     ngx_http_lua_ffi_task_poll returned NULL (or ar_queue_drain returned
  *     -1): after that the runtime must not touch tq again.  Hosts that keep
  *     the pointer take their own reference (ar_queue_ref / ar_queue_unref).
+ *     Each posted task holds one too, until the task is freed: a runtime may
+ *     still answer tasks it took after poll returned NULL.
  *   - ar_task: reference counted, two references once posted: the host's and
  *     the runtime's.  The runtime's reference ends inside
  *     ngx_http_lua_ffi_respond (do not touch the task after it).  The host's

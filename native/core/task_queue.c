@@ -21,7 +21,9 @@ enum where { W_NEW = 0, W_QUEUED, W_TAKEN, W_ANSWERED };
 
 struct ar_task {
     ar_task *next;          /* queue link; guarded by the queue mutex */
-    ar_queue *queue;        /* set at post; the task keeps no reference */
+    ar_queue *queue;        /* set at post; the task holds a queue reference
+                             * from then until it is freed, so respond and
+                             * abort may touch the queue whatever its state */
     atomic_int refs;
     atomic_int done;
     atomic_int aborted;
@@ -78,9 +80,11 @@ ar_task *ar_task_new(const char *method, size_t method_len, const char *req, siz
 static void task_unref(ar_task *t)
 {
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+    ar_queue *q = t->queue;
     free(t->rsp);
     free(t);
     atomic_fetch_sub(&g_tasks_alive, 1);
+    if (q) ar_queue_unref(q);
 }
 
 void ar_task_release(ar_task *t)
@@ -145,17 +149,8 @@ void ar_queue_ref(ar_queue *q) { atomic_fetch_add(&q->refs, 1); }
 void ar_queue_unref(ar_queue *q)
 {
     if (!q || atomic_fetch_sub_explicit(&q->refs, 1, memory_order_acq_rel) != 1) return;
-    /* Last reference: nobody can post or drain any more.  Tasks still listed
-     * here were never handed out (runtime vanished); answer them so their
-     * hosts are not left waiting. */
-    ar_task *t = q->head;
-    q->head = NULL;
-    while (t) {
-        ar_task *n = t->next;
-        t->where = W_TAKEN;
-        ngx_http_lua_ffi_respond(t, AR_ECLOSED, NULL, 0);
-        t = n;
-    }
+    /* Last reference: every posted task was freed (each holds a reference),
+     * so the lists are empty. */
     free(q->aborted);
     close(q->efd);
     pthread_cond_destroy(&q->cv);
@@ -214,6 +209,7 @@ int ar_task_post(ar_queue *q, ar_task *t)
     }
     t->id = atomic_fetch_add(&g_next_id, 1);
     t->queue = q;
+    ar_queue_ref(q);                        /* dropped when the task is freed */
     t->where = W_QUEUED;
     t->next = NULL;
     atomic_fetch_add(&t->refs, 1);          /* the runtime's reference */
@@ -293,12 +289,14 @@ int ar_queue_drain(ar_queue *q, ar_task **tasks, int cap, uint64_t *aborted, int
     if (naborted) *naborted = na;
     if (q->head || q->naborted) {
         rearm = 1;                          /* a cap was hit: come back */
-    } else {
-        q->wake_pending = 0;
-        if (n == 0 && na == 0 && atomic_load(&q->closed)) {
+    } else if (atomic_load(&q->closed)) {
+        if (n == 0 && na == 0) {
             runtime_done_locked_then_unref(q);
             return -1;
         }
+        rearm = 1;                          /* come back for the -1 */
+    } else {
+        q->wake_pending = 0;
     }
     pthread_mutex_unlock(&q->mu);
     if (rearm) wake_fd(q);

@@ -7,6 +7,6 @@ PY_LIBDIR := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_
 PY_LDVER := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('LDVERSION'))")
 LIBS += $(OUT)/libaioresty.so $(OUT)/libresty_ffi_python.so
 
-$(OUT)/libaioresty.so $(OUT)/libresty_ffi_python.so: $(PY_DIR)/loader.c | $(OUT)
-	$(CC) $(CFLAGS_COMMON) $(CFLAGS) -I$(PY_INC) -shared -o $@ $< \
+$(OUT)/libaioresty.so $(OUT)/libresty_ffi_python.so: $(PY_DIR)/loader.c $(PY_DIR)/build.mk | $(OUT)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) -I$(PY_INC) -shared -o $@ $< -Wl,-soname,$(notdir $@) \
 	    -L$(PY_LIBDIR) -Wl,-rpath,$(PY_LIBDIR) -lpython$(PY_LDVER) -ldl -lpthread -Wl,-z,nodelete

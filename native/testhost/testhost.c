@@ -15,6 +15,8 @@
  *   stress NAME METHOD THREADS CALLS SIZE WINDOW  echo check    -> stress ...
  *   bench NAME METHOD THREADS SECONDS SIZE WINDOW               -> bench {json}
  *   signals                                 dispositions of INT TERM HUP PIPE
+ *   pyshutdown                              aioresty_python_shutdown() -> pyshutdown RC
+ *   forkload LIB CFG                        load in a forked child -> forkload ok|err MSG
  *   sleep MS | alive | exit
  *
  * result: "done rc=R nil=0|1 len=N crc=CRC32 hex=HEX" | "timeout" | "err post CODE"
@@ -31,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -548,6 +551,36 @@ static int run_line(char *line)
                    sa.sa_handler == SIG_IGN ? "ign" : sa.sa_handler == on_signal ? "host" : "other");
         }
         printf("\n");
+    } else if (!strcmp(cmd, "pyshutdown")) {
+        /* as a host would at exit: the loader is already loaded, find it */
+        void *h = dlopen("libaioresty.so", RTLD_NOW | RTLD_NOLOAD);
+        int (*fn)(void) = NULL;
+        if (h) *(void **)&fn = dlsym(h, "aioresty_python_shutdown");
+        printf("pyshutdown %d\n", fn ? fn() : -100);
+        if (h) dlclose(h);
+    } else if (!strcmp(cmd, "forkload") && argc >= 3) {
+        int fds[2];
+        char msg[600] = "";
+        if (pipe(fds) != 0) {
+            printf("err pipe\n");
+            return 0;
+        }
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            char err[512] = "";
+            const char *cfg = strcmp(argv[2], "-") ? argv[2] : NULL;
+            ar_queue *q = core.load(argv[1], cfg, 0, 0, err, sizeof err);
+            int n = snprintf(msg, sizeof msg, "%s", q ? "ok" : err);
+            (void)!write(fds[1], msg, (size_t)n);
+            _exit(0);
+        }
+        close(fds[1]);
+        ssize_t n = read(fds[0], msg, sizeof msg - 1);
+        msg[n > 0 ? n : 0] = '\0';
+        close(fds[0]);
+        waitpid(pid, NULL, 0);
+        printf("forkload %s\n", msg);
     } else if (!strcmp(cmd, "alive")) {
         printf("alive tasks=%ld queues=%ld\n", core.tasks_alive(), core.queues_alive());
     } else if (!strcmp(cmd, "exit")) {

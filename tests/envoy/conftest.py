@@ -99,7 +99,7 @@ class Envoy:
         cmd = [envoy_binary(), "-c", str(self.config_path), "--concurrency",
                str(self.concurrency), "--disable-hot-restart", "-l", "info",
                "--log-format", "[%L] %v"]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=self.tmp)
 

@@ -207,7 +207,7 @@ def test_sigterm_with_calls_in_flight(envoy_factory, slow_runtime):
 
 def test_bad_bridge_request_is_rejected(probe):
     """A bridge call without the queue/method headers is answered 400 by the module."""
-    status, h, body = probe.request("GET", "/raw")
+    status, h, _body = probe.request("GET", "/raw")
     assert status == 200
     assert (h["x-status"], h["x-aioresty-error"]) == ("400", "bad-request")
     # and the generated config never routes downstream traffic to the bridge

@@ -66,7 +66,7 @@ def test_binary_and_one_mebibyte(app):
 
 def test_per_call_timeout_cancels_handler(app):
     t0 = time.monotonic()
-    status, h, body = post(app, "sleep", b"5", q="t=150")
+    status, _h, body = post(app, "sleep", b"5", q="t=150")
     assert time.monotonic() - t0 < 2
     assert status == 502 and b"timeout" in body
     wait_until(lambda: "sleep cancelled" in app.log(), 5, "handler cancelled")
@@ -74,7 +74,7 @@ def test_per_call_timeout_cancels_handler(app):
 
 
 def test_handler_timeout(app):
-    status, h, body = post(app, "short_timeout")
+    status, h, _body = post(app, "short_timeout")
     assert status == 502 and h["x-rc"] == "3"
 
 

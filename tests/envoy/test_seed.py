@@ -65,7 +65,7 @@ def test_seed_demo_httpbin_get(envoy_factory, httpbin, concurrency):
     env = envoy_factory(seed_user(httpbin), concurrency=concurrency, env=python_env(),
                         python_path=PY_PATH)
     for _ in range(6):  # several connections: both workers on --concurrency 2
-        status, h, body = env.request("GET", "/httpbin/get")
+        status, _h, body = env.request("GET", "/httpbin/get")
         assert status == 200, (status, body[:500], env.log()[-3000:])
         data = json.loads(body)
         assert data["url"].endswith("/get")
@@ -88,3 +88,19 @@ def test_aioresty_native_form_next_to_it(envoy_factory, httpbin):
     status, h, body = env.request("GET", "/two")
     assert (status, body) == (200, b"true from-legacy | true FROM-APP")
     assert "[E]" not in env.log(), env.log()[-3000:]
+
+
+def test_demo_config_validates(tmp_path):
+    """examples/envoy/demo.toml generates a config the real binary accepts."""
+    from conftest import build_dir, envoy_binary
+
+    from aioresty import envoy_config as ec
+
+    user = ec.load_user_config(REPO / "examples/envoy/demo.toml")
+    cfg = ec.build_config(user, base_dir=REPO / "examples/envoy")
+    path = tmp_path / "demo.yaml"
+    path.write_text(ec.to_yaml(cfg))
+    env = ec.environment(lib_dir=build_dir(), lua_dir=REPO / "lua")
+    r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

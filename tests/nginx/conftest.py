@@ -119,8 +119,15 @@ class Nginx:
         self.extra_env: dict[str, str] = {}
 
     # -- configuration -------------------------------------------------
-    def write_conf(self, server: str, http: str = "", main: str = "", workers: int = 2,
-                   init: str = "", init_worker: str = "") -> None:
+    def write_conf(
+        self,
+        server: str,
+        http: str = "",
+        main: str = "",
+        workers: int = 2,
+        init: str = "",
+        init_worker: str = "",
+    ) -> None:
         lua_path = f"{LUA_DIR}/?.lua;{TEST_LUA}/?.lua;{RESTY_CORE}/?.lua;;"
         extra = os.environ.get("AIORESTY_NGINX_EXTRA_LUA_PATH")  # local stand-ins
         if extra:
@@ -174,14 +181,17 @@ http {{
         self.stdout = open(self.prefix / "stdout.log", "wb")
         self.proc = subprocess.Popen(
             [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
-            stdout=self.stdout, stderr=subprocess.STDOUT, env=self.env(),
+            stdout=self.stdout,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
             start_new_session=True,
         )
 
         def up():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.output()}"
-                                   f"\n{self.log()}")
+                raise RuntimeError(
+                    f"nginx exited with {self.proc.returncode}:\n{self.output()}\n{self.log()}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return True
@@ -225,13 +235,23 @@ http {{
         return bad
 
     # -- client ----------------------------------------------------------
-    def request(self, path: str, body: bytes | None = None, method: str | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 15.0):
+    def request(
+        self,
+        path: str,
+        body: bytes | None = None,
+        method: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 15.0,
+    ):
         """(status, headers dict, body) of one request on a fresh connection."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request(method or ("POST" if body is not None else "GET"), path, body=body,
-                         headers=headers or {})
+            conn.request(
+                method or ("POST" if body is not None else "GET"),
+                path,
+                body=body,
+                headers=headers or {},
+            )
             r = conn.getresponse()
             data = r.read()
             return r.status, {k.lower(): v for k, v in r.getheaders()}, data

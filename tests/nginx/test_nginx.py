@@ -17,7 +17,6 @@ import threading
 import time
 
 import msgpack
-import pytest
 
 from .conftest import lib_dir, proc_user, wait_until
 
@@ -223,8 +222,9 @@ def test_phases(nginx):
     status, _, body = nginx.request("/access", headers={"X-Token": "letmein"})
     assert (status, body) == (200, b"welcome\n")
     assert nginx.request("/timer?k=tmr")[2] == b"true nil\n"
-    wait_until(lambda: nginx.request("/result?k=tmr")[2] == b"true TMR\n", 5,
-               what="the timer's call")
+    wait_until(
+        lambda: nginx.request("/result?k=tmr")[2] == b"true TMR\n", 5, what="the timer's call"
+    )
     nginx.stop()
     assert nginx.bad_log_lines() == []
 
@@ -234,11 +234,13 @@ def test_phases(nginx):
 
 
 def test_200_concurrent_clients_two_workers(nginx):
-    nginx.write_conf(CALL.replace("location = /call", "location = /call"), workers=2,
-                     main="")
+    nginx.write_conf(CALL, workers=2)
     # reuseport: the kernel spreads the connections over both workers
-    nginx.conf.write_text(nginx.conf.read_text().replace(
-        f"listen 127.0.0.1:{nginx.port};", f"listen 127.0.0.1:{nginx.port} reuseport;"))
+    nginx.conf.write_text(
+        nginx.conf.read_text().replace(
+            f"listen 127.0.0.1:{nginx.port};", f"listen 127.0.0.1:{nginx.port} reuseport;"
+        )
+    )
     nginx.start()
     workers = nginx.workers()
     assert len(workers) == 2
@@ -272,8 +274,13 @@ def _load(nginx, stop: threading.Event, results: list, method: str, payload_of):
         payload = payload_of(i)
         try:
             status, _, body = nginx.request(f"/call?m={method}", payload, timeout=20)
-            results.append((status == 200 and body == (b"slept" if method == "sleep"
-                                                        else payload), status, body))
+            results.append(
+                (
+                    status == 200 and body == (b"slept" if method == "sleep" else payload),
+                    status,
+                    body,
+                )
+            )
         except OSError as e:  # pragma: no cover - reported by the assertion
             results.append((False, 0, repr(e).encode()))
 
@@ -284,19 +291,27 @@ def test_hup_reload_under_load(nginx):
     old = nginx.workers()
     stop = threading.Event()
     results: list = []
-    threads = [threading.Thread(target=_load, args=(nginx, stop, results, "suspend_echo",
-                                                    lambda i, k=k: f"{k}-{i}".encode()))
-               for k in range(8)]
-    threads += [threading.Thread(target=_load, args=(nginx, stop, results, "sleep",
-                                                     lambda i: b"0.3"))
-                for _ in range(4)]
+    threads = [
+        threading.Thread(
+            target=_load,
+            args=(nginx, stop, results, "suspend_echo", lambda i, k=k: f"{k}-{i}".encode()),
+        )
+        for k in range(8)
+    ]
+    threads += [
+        threading.Thread(target=_load, args=(nginx, stop, results, "sleep", lambda i: b"0.3"))
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     try:
         time.sleep(1.0)
         nginx.send_signal(signal.SIGHUP)
-        wait_until(lambda: not (set(nginx.workers()) & set(old)) and len(nginx.workers()) == 2,
-                   15, what="old workers to exit after HUP")
+        wait_until(
+            lambda: not (set(nginx.workers()) & set(old)) and len(nginx.workers()) == 2,
+            15,
+            what="old workers to exit after HUP",
+        )
         time.sleep(0.5)
     finally:
         stop.set()
@@ -382,7 +397,8 @@ def test_socket_dir_is_private():
 
 def test_client_abort_cancels_handler(nginx):
     nginx.write_conf(
-        CALL + """
+        CALL
+        + """
         location = /abortable {
             lua_check_client_abort on;
             content_by_lua_block {
@@ -439,7 +455,7 @@ def test_queue_full_is_immediate(nginx):
     full = [(r, dt) for r, dt in done if r[0] == 502]
     ok = [(r, dt) for r, dt in done if r[0] == 200]
     assert len(full) == 2 and len(ok) == 2, done
-    for (status, _, body), dt in full:
+    for (_status, _, body), dt in full:
         assert body == b"post failed, queue full" and dt < 0.5
     nginx.stop()
     assert nginx.bad_log_lines() == []
@@ -463,6 +479,6 @@ def test_master_refuses_runtimes(nginx):
     assert body.startswith("nil ") and "master" in body, body
     # no runtime thread was started in the master
     with open(f"/proc/{nginx.proc.pid}/status") as f:
-        threads = [line for line in f if line.startswith("Threads:")][0]
+        threads = next(line for line in f if line.startswith("Threads:"))
     assert threads.split()[1] == "1", threads
     nginx.stop()
