@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.hostlib import Host, build_testhost  # noqa: E402
+from tests.hostlib import Host, build_testhost
 
 
 def main() -> int:
