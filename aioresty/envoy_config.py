@@ -146,7 +146,7 @@ def bridge_cluster(
                             "DynamicModuleFilter",
                             # runtimes own threads: never dlclose the module
                             "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
-                            "filter_name": "aioresty",
+                            "filter_name": "bridge",
                             "filter_config": {
                                 "@type": _T + "google.protobuf.StringValue",
                                 "value": "bridge",

@@ -57,7 +57,7 @@ local function call(rt, method, req, handle, timeout_ms)
     if req ~= nil and type(req) ~= "string" then
         req = tostring(req)
     end
-    local rc, rsp = get_adapter().call(rt.q, method, req, handle, timeout_ms or rt.timeout)
+    local rc, rsp = get_adapter().call(rt.q, method, req, handle, timeout_ms or rt.timeout or nil)
     if rc == nil then
         return false, rsp
     end
@@ -153,7 +153,7 @@ function _M.load_ffi(lib, cfg, opts)
         q = ffi_gc(q, C.ar_queue_unref),
         key = key,
         finished = false,
-        timeout = timeout,
+        timeout = timeout or false,     -- never nil: __index would answer a method
         __unload = unload,
     }, mt)
     runtimes[key] = rt

@@ -26,14 +26,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def build_dir() -> Path:
-    """Where the native libraries are: $AIORESTY_BUILD_DIR, the repo's
-    native/build, or the installed package's _lib."""
+    """Where the native libraries are: $AIORESTY_BUILD_DIR, else the ones
+    the Python build put in the package (aioresty/_lib)."""
     env = os.environ.get("AIORESTY_BUILD_DIR")
     if env:
         return Path(env)
-    local = REPO / "native" / "build"
-    if (local / "libaioresty_envoy.so").is_file():
-        return local
     from aioresty import paths
 
     return paths.lib_dir()

@@ -14,7 +14,8 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from conftest import PROBE_USER, wait_until
+
+from tests.envoy.conftest import PROBE_USER, wait_until
 
 
 def call(env, lib="ffi_c_echo", body=b"", method="echo", cfg=None, t=None, mq=None,

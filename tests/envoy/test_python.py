@@ -13,7 +13,8 @@ import time
 import aiohttp
 import msgpack
 import pytest
-from conftest import REPO, wait_until
+
+from tests.envoy.conftest import REPO, wait_until
 
 USER = {"lua": {"app": "lua/app_calls.lua"}, "routes": [{"prefix": "/", "lua": "app"}]}
 PY_PATH = [str(REPO), str(REPO / "examples" / "python")]

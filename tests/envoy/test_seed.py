@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, free_port, wait_until
+
+from tests.envoy.conftest import REPO, free_port, wait_until
 
 SEED = REPO / "examples" / "envoy" / "seed.lua"
 
@@ -92,9 +93,8 @@ def test_aioresty_native_form_next_to_it(envoy_factory, httpbin):
 
 def test_demo_config_validates(tmp_path):
     """examples/envoy/demo.toml generates a config the real binary accepts."""
-    from conftest import build_dir, envoy_binary
-
     from aioresty import envoy_config as ec
+    from tests.envoy.conftest import build_dir, envoy_binary
 
     user = ec.load_user_config(REPO / "examples/envoy/demo.toml")
     cfg = ec.build_config(user, base_dir=REPO / "examples/envoy")

@@ -1,7 +1,7 @@
 /*
- * aioresty_envoy.c - libaioresty_envoy.so, aioresty's Envoy dynamic module.
+ * bridge.c - filter mode "bridge" of libaioresty_envoy.so (envoy_mode.h).
  *
- * Mode "bridge" (the only mode so far): the module is an UPSTREAM http
+ * The module is an UPSTREAM http
  * filter of a dedicated cluster ("aioresty_bridge").  A stock Envoy Lua
  * filter calls a runtime with
  *
@@ -57,9 +57,7 @@
 #include <string.h>
 
 #include "aioresty_core.h"
-#include "envoy_abi.h"
-
-#define EXPORT __attribute__((visibility("default")))
+#include "envoy_mode.h"
 
 #define HDR_QUEUE "x-aioresty-q"
 #define HDR_METHOD "x-aioresty-method"
@@ -70,10 +68,11 @@
 #define MB(s) ((mod_buf){(s), sizeof(s) - 1})
 
 typedef struct bridge_config {
-    int unused;
+    ar_mode_base base;
 } bridge_config;
 
 typedef struct bridge_filter {
+    ar_mode_base base;
     atomic_int refs;            /* filter side + sink side once posted */
     pthread_mutex_t mu;         /* guards `destroyed` against the sink's commit */
     int destroyed;              /* filter destroy ran (worker), guarded by mu */
@@ -85,19 +84,6 @@ typedef struct bridge_filter {
     size_t method_len;
     int posted;                 /* the task reached the queue; worker only */
 } bridge_filter;
-
-static void logf_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logf_(int level, const char *fmt, ...)
-{
-    char b[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(b, sizeof b, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if ((size_t)n >= sizeof b) n = (int)sizeof b - 1;
-    envoy_dynamic_module_callback_log(level, (mod_buf){b, (size_t)n});
-}
 
 static void filter_unref(bridge_filter *f)
 {
@@ -213,46 +199,41 @@ static void post_with_body(bridge_filter *f)
     free(buf);
 }
 
-/* ------------------------------------------------------------ hooks */
+/* ------------------------------------------------------------ mode */
 
-EXPORT const char *envoy_dynamic_module_on_program_init(void)
-{
-    return AR_ENVOY_ABI_VERSION;
-}
-
-EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *cfg_envoy, env_buf name,
-                                                                  env_buf conf)
+static void *bridge_config_new(void *cfg_envoy, env_buf conf)
 {
     (void)cfg_envoy;
-    /* Only "bridge" (or empty) is known so far. */
     if (conf.length && !(conf.length == 6 && memcmp(conf.ptr, "bridge", 6) == 0)) {
-        logf_(ENV_LOG_ERROR, "aioresty: unknown filter_config '%.*s' for filter '%.*s' (want 'bridge')",
-              (int)conf.length, conf.ptr, (int)name.length, name.ptr);
+        ar_envoy_log(ENV_LOG_ERROR, "aioresty: the bridge takes no filter_config, got '%.*s'",
+                     (int)conf.length, conf.ptr);
         return NULL;
     }
     bridge_config *c = calloc(1, sizeof *c);
+    if (c) c->base.mode = &ar_mode_bridge;
     return c;
 }
 
-EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(const void *cfg)
+static void bridge_config_destroy(void *cfg)
 {
-    free((void *)cfg);
+    free(cfg);
 }
 
-EXPORT const void *envoy_dynamic_module_on_http_filter_new(const void *cfg, void *fe)
+static void *bridge_filter_new(void *cfg, void *fe)
 {
     (void)cfg;
     bridge_filter *f = calloc(1, sizeof *f);
     if (!f) return NULL;
+    f->base.mode = &ar_mode_bridge;
     atomic_init(&f->refs, 1);
     pthread_mutex_init(&f->mu, NULL);
     f->fe = fe;
     return f;
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *fe, const void *fm, bool eos)
+static int bridge_request_headers(void *fe, void *fm, bool eos)
 {
-    bridge_filter *f = (bridge_filter *)fm;
+    bridge_filter *f = fm;
     env_buf qv = {NULL, 0}, mv = {NULL, 0};
     f->fe = fe;
     envoy_dynamic_module_callback_http_get_header(fe, ENV_HDR_REQUEST, MB(HDR_QUEUE), &qv, 0, NULL);
@@ -280,9 +261,9 @@ EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *fe, const v
     return ENV_HEADERS_STOP_ITERATION;
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_request_body(void *fe, const void *fm, bool eos)
+static int bridge_request_body(void *fe, void *fm, bool eos)
 {
-    bridge_filter *f = (bridge_filter *)fm;
+    bridge_filter *f = fm;
     f->fe = fe;
     if (!f->q) return ENV_BODY_STOP_NO_BUFFER;          /* already answered or posted */
     if (!eos) return ENV_BODY_STOP_BUFFER;
@@ -290,18 +271,18 @@ EXPORT int envoy_dynamic_module_on_http_filter_request_body(void *fe, const void
     return ENV_BODY_STOP_BUFFER;
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(void *fe, const void *fm)
+static int bridge_request_trailers(void *fe, void *fm)
 {
-    bridge_filter *f = (bridge_filter *)fm;
+    bridge_filter *f = fm;
     f->fe = fe;
     if (f->q) post_with_body(f);                        /* trailers end the request */
     return ENV_TRAILERS_STOP;
 }
 
-EXPORT void envoy_dynamic_module_on_http_filter_scheduled(void *fe, const void *fm, uint64_t id)
+static void bridge_scheduled(void *fe, void *fm, uint64_t id)
 {
     (void)id;
-    bridge_filter *f = (bridge_filter *)fm;
+    bridge_filter *f = fm;
     ar_task *t = f->task;
     if (!t || !ar_task_done(t)) return;
     f->task = NULL;                 /* `t` is now this function's to release */
@@ -322,9 +303,9 @@ EXPORT void envoy_dynamic_module_on_http_filter_scheduled(void *fe, const void *
     ar_task_release(t);
 }
 
-EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *fm)
+static void bridge_filter_destroy(void *fm)
 {
-    bridge_filter *f = (bridge_filter *)fm;
+    bridge_filter *f = fm;
     if (!f) return;
     pthread_mutex_lock(&f->mu);
     f->destroyed = 1;               /* no commit after this point */
@@ -338,87 +319,14 @@ EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *fm)
     filter_unref(f);                                    /* the filter side's reference */
 }
 
-/* ---- hooks Envoy requires but the bridge does not use ---- */
-
-EXPORT int envoy_dynamic_module_on_http_filter_response_headers(void *fe, const void *fm, bool eos)
-{
-    (void)fe, (void)fm, (void)eos;
-    return ENV_HEADERS_CONTINUE;
-}
-
-EXPORT int envoy_dynamic_module_on_http_filter_response_body(void *fe, const void *fm, bool eos)
-{
-    (void)fe, (void)fm, (void)eos;
-    return ENV_BODY_CONTINUE;
-}
-
-EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(void *fe, const void *fm)
-{
-    (void)fe, (void)fm;
-    return ENV_TRAILERS_CONTINUE;
-}
-
-EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *fe, const void *fm)
-{
-    (void)fe, (void)fm;
-}
-
-EXPORT void envoy_dynamic_module_on_http_filter_http_callout_done(void *fe, const void *fm,
-                                                                  uint64_t id, int result,
-                                                                  void *headers, size_t nheaders,
-                                                                  void *chunks, size_t nchunks)
-{
-    (void)fe, (void)fm, (void)id, (void)result, (void)headers, (void)nheaders, (void)chunks,
-        (void)nchunks;
-}
-
-EXPORT void envoy_dynamic_module_on_http_filter_http_stream_headers(void *fe, const void *fm,
-                                                                    uint64_t id, void *headers,
-                                                                    size_t n, bool eos)
-{
-    (void)fe, (void)fm, (void)id, (void)headers, (void)n, (void)eos;
-}
-
-EXPORT void envoy_dynamic_module_on_http_filter_http_stream_data(void *fe, const void *fm,
-                                                                 uint64_t id, const void *data,
-                                                                 size_t n, bool eos)
-{
-    (void)fe, (void)fm, (void)id, (void)data, (void)n, (void)eos;
-}
-
-EXPORT void envoy_dynamic_module_on_http_filter_http_stream_trailers(void *fe, const void *fm,
-                                                                     uint64_t id, void *trailers,
-                                                                     size_t n)
-{
-    (void)fe, (void)fm, (void)id, (void)trailers, (void)n;
-}
-
-EXPORT void envoy_dynamic_module_on_http_filter_http_stream_complete(void *fe, const void *fm,
-                                                                     uint64_t id)
-{
-    (void)fe, (void)fm, (void)id;
-}
-
-EXPORT void envoy_dynamic_module_on_http_filter_http_stream_reset(void *fe, const void *fm,
-                                                                  uint64_t id, int reason)
-{
-    (void)fe, (void)fm, (void)id, (void)reason;
-}
-
-EXPORT void envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    void *fe, const void *fm)
-{
-    (void)fe, (void)fm;
-}
-
-EXPORT void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    void *fe, const void *fm)
-{
-    (void)fe, (void)fm;
-}
-
-/* ---- diagnostics for tests (callable from LuaJIT ffi on this .so) ---- */
-EXPORT long aioresty_envoy_tasks_alive(void)
-{
-    return ar_tasks_alive();
-}
+const ar_mode ar_mode_bridge = {
+    .name = "bridge",
+    .config_new = bridge_config_new,
+    .config_destroy = bridge_config_destroy,
+    .filter_new = bridge_filter_new,
+    .filter_destroy = bridge_filter_destroy,
+    .request_headers = bridge_request_headers,
+    .request_body = bridge_request_body,
+    .request_trailers = bridge_request_trailers,
+    .scheduled = bridge_scheduled,
+};

@@ -1,0 +1,176 @@
+/*
+ * module.c - libaioresty_envoy.so's entry points: every event hook Envoy
+ * requires (ABI v0.2.0 of Envoy 1.40), dispatched to the filter mode chosen
+ * by `filter_name` (envoy_mode.h).  No mode logic lives here.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "envoy_mode.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+static const ar_mode *const g_modes[] = {&ar_mode_bridge};
+
+void ar_envoy_log(int level, const char *fmt, ...)
+{
+    char b[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b, sizeof b, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n >= sizeof b) n = (int)sizeof b - 1;
+    envoy_dynamic_module_callback_log(level, (mod_buf){b, (size_t)n});
+}
+
+static const ar_mode *mode_of(const void *p)
+{
+    return ((const ar_mode_base *)p)->mode;
+}
+
+EXPORT const char *envoy_dynamic_module_on_program_init(void)
+{
+    return AR_ENVOY_ABI_VERSION;
+}
+
+EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *cfg_envoy, env_buf name,
+                                                                  env_buf conf)
+{
+    for (size_t i = 0; i < sizeof g_modes / sizeof *g_modes; i++) {
+        const char *mn = g_modes[i]->name;
+        if (name.length == strlen(mn) && memcmp(name.ptr, mn, name.length) == 0)
+            return g_modes[i]->config_new(cfg_envoy, conf);
+    }
+    ar_envoy_log(ENV_LOG_ERROR, "aioresty: unknown filter_name '%.*s' (known: bridge)",
+                 (int)name.length, name.ptr);
+    return NULL;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(const void *cfg)
+{
+    if (cfg) mode_of(cfg)->config_destroy((void *)cfg);
+}
+
+EXPORT const void *envoy_dynamic_module_on_http_filter_new(const void *cfg, void *fe)
+{
+    return mode_of(cfg)->filter_new((void *)cfg, fe);
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *f)
+{
+    if (f) mode_of(f)->filter_destroy((void *)f);
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *fe, const void *f, bool eos)
+{
+    const ar_mode *m = mode_of(f);
+    return m->request_headers ? m->request_headers(fe, (void *)f, eos) : ENV_HEADERS_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_body(void *fe, const void *f, bool eos)
+{
+    const ar_mode *m = mode_of(f);
+    return m->request_body ? m->request_body(fe, (void *)f, eos) : ENV_BODY_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(void *fe, const void *f)
+{
+    const ar_mode *m = mode_of(f);
+    return m->request_trailers ? m->request_trailers(fe, (void *)f) : ENV_TRAILERS_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_headers(void *fe, const void *f, bool eos)
+{
+    const ar_mode *m = mode_of(f);
+    return m->response_headers ? m->response_headers(fe, (void *)f, eos) : ENV_HEADERS_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_body(void *fe, const void *f, bool eos)
+{
+    const ar_mode *m = mode_of(f);
+    return m->response_body ? m->response_body(fe, (void *)f, eos) : ENV_BODY_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(void *fe, const void *f)
+{
+    const ar_mode *m = mode_of(f);
+    return m->response_trailers ? m->response_trailers(fe, (void *)f) : ENV_TRAILERS_CONTINUE;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *fe, const void *f)
+{
+    const ar_mode *m = mode_of(f);
+    if (m->stream_complete) m->stream_complete(fe, (void *)f);
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_scheduled(void *fe, const void *f, uint64_t id)
+{
+    const ar_mode *m = mode_of(f);
+    if (m->scheduled) m->scheduled(fe, (void *)f, id);
+}
+
+/* ---- hooks Envoy requires but no mode uses (callouts, watermarks) ---- */
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_callout_done(void *fe, const void *fm,
+                                                                  uint64_t id, int result,
+                                                                  void *headers, size_t nheaders,
+                                                                  void *chunks, size_t nchunks)
+{
+    (void)fe, (void)fm, (void)id, (void)result, (void)headers, (void)nheaders, (void)chunks,
+        (void)nchunks;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_headers(void *fe, const void *fm,
+                                                                    uint64_t id, void *headers,
+                                                                    size_t n, bool eos)
+{
+    (void)fe, (void)fm, (void)id, (void)headers, (void)n, (void)eos;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_data(void *fe, const void *fm,
+                                                                 uint64_t id, const void *data,
+                                                                 size_t n, bool eos)
+{
+    (void)fe, (void)fm, (void)id, (void)data, (void)n, (void)eos;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_trailers(void *fe, const void *fm,
+                                                                     uint64_t id, void *trailers,
+                                                                     size_t n)
+{
+    (void)fe, (void)fm, (void)id, (void)trailers, (void)n;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_complete(void *fe, const void *fm,
+                                                                     uint64_t id)
+{
+    (void)fe, (void)fm, (void)id;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_reset(void *fe, const void *fm,
+                                                                  uint64_t id, int reason)
+{
+    (void)fe, (void)fm, (void)id, (void)reason;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    void *fe, const void *fm)
+{
+    (void)fe, (void)fm;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    void *fe, const void *fm)
+{
+    (void)fe, (void)fm;
+}
+
+/* ---- diagnostics for tests (callable from LuaJIT ffi on this .so) ---- */
+#include "aioresty_core.h"
+
+EXPORT long aioresty_envoy_tasks_alive(void)
+{
+    return ar_tasks_alive();
+}
