@@ -10,6 +10,7 @@ SYSPY := /usr/bin/python3
 APT_PKGS := build-essential python3-dev python3-venv valgrind curl golang-go wrk \
             nginx-light libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core
 STAMP := $(VENV)/.aioresty-installed
+LUAJIT_SRC := $(ROOT)/.deps/luajit2
 
 .PHONY: deps venv native test lint demo bench-core clean
 
@@ -21,13 +22,26 @@ deps:
 	  $$( [ $$(id -u) -eq 0 ] || echo sudo ) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$( [ $$(id -u) -eq 0 ] || echo sudo ) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# Debian's luajit2 source for the private LuaJIT of the Envoy "lua" mode (native/luajit/build.mk)
+	@if [ ! -f $(LUAJIT_SRC)/src/lj_api.c ]; then \
+	  sudo=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	  if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then \
+	    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	      | $$sudo tee /etc/apt/sources.list.d/aioresty-src.sources >/dev/null && $$sudo apt-get update -qq; \
+	  fi; \
+	  rm -rf $(ROOT)/.deps/src.tmp && mkdir -p $(ROOT)/.deps/src.tmp && \
+	  (cd $(ROOT)/.deps/src.tmp && apt-get source -qq luajit2 >/dev/null 2>&1) && \
+	  rm -rf $(LUAJIT_SRC) && mv $(ROOT)/.deps/src.tmp/luajit2-*/ $(LUAJIT_SRC) && rm -rf $(ROOT)/.deps/src.tmp && \
+	  echo "fetched luajit2 source into $(LUAJIT_SRC)"; \
+	fi
 
 $(PY): | deps
 	$(SYSPY) -m venv $(VENV)
 
 # Editable install: builds every native library into aioresty/_lib.
 $(STAMP): $(PY) pyproject.toml setup.py $(shell find native aioresty -name '*.c' -o -name '*.h' -o -name '*.mk' -o -name Makefile -o -name '*.go' 2>/dev/null)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,envoy]' 2>&1 | grep -v '^WARNING: Location' || true
+	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[test,envoy]' 2>&1 \
+	  | { grep -v '^WARNING: Location' || true; }
 	$(PY) -c "import aioresty._native" && touch $(STAMP)
 
 venv: deps $(STAMP)
@@ -47,6 +61,24 @@ demo: venv
 
 bench-core: venv
 	$(VENV)/bin/python benchmarks/bench_core.py
+
+# Envoy: the seed demo + an aioresty app on 127.0.0.1:8000 (python -m aioresty.demo --check: smoke test)
+.PHONY: demo-envoy bench-envoy
+demo-envoy: venv
+	cd $(ROOT) && $(VENV)/bin/python -m aioresty.demo
+
+# Envoy benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/envoy.json
+bench-envoy: venv
+	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_envoy.py
+
+# nginx: examples/nginx on 127.0.0.1:8080 in the foreground (Ctrl-C stops it gracefully)
+.PHONY: demo-nginx bench-nginx
+demo-nginx: venv
+	cd $(ROOT) && exec $(VENV)/bin/python -m aioresty.nginx_run examples/nginx/nginx.conf
+
+# nginx benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/nginx.json
+bench-nginx: venv
+	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_nginx.py
 
 clean:
 	rm -rf native/build aioresty/_lib aioresty/_native*.so build *.egg-info

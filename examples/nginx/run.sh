@@ -1,20 +1,21 @@
 #!/bin/sh
-# Runs examples/nginx/nginx.conf on stock nginx in the foreground (Ctrl-C stops).
-#   examples/nginx/run.sh            # uses $VIRTUAL_ENV / $AIORESTY_VENV for Python
+# Runs examples/nginx/nginx.conf on stock nginx in the foreground, on
+# 127.0.0.1:8080; Ctrl-C stops it gracefully.  `make demo-nginx` does the same
+# after setting everything up; this script only needs a built venv:
+#   examples/nginx/run.sh [--keep] [--log-level info]   (see python -m aioresty.nginx_run -h)
+# The Python of the venv in $AIORESTY_VENV, else $VIRTUAL_ENV, else <repo>/.venv
+# runs the example's handlers (examples/nginx/authapp.py) inside the workers.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-if [ -z "${AIORESTY_LIB_DIR:-}" ]; then
-    for d in "$REPO/aioresty/_lib" "$REPO/native/build"; do
-        if [ -f "$d/libaioresty_nginx.so" ]; then AIORESTY_LIB_DIR=$d; break; fi
-    done
+PY=
+for venv in "${AIORESTY_VENV:-}" "${VIRTUAL_ENV:-}" "$REPO/.venv"; do
+    if [ -n "$venv" ] && [ -x "$venv/bin/python" ]; then PY=$venv/bin/python; break; fi
+done
+if [ -z "$PY" ]; then
+    echo "run.sh: no venv found: run 'make venv' (or set AIORESTY_VENV)" >&2
+    exit 2
 fi
-: "${AIORESTY_LIB_DIR:?build aioresty first (pip install . or make native)}"
-PREFIX=${AIORESTY_NGINX_PREFIX:-$(mktemp -d /tmp/aioresty-example-XXXXXX)}
-chmod 755 "$PREFIX"          # workers run as nobody when started as root
-mkdir -p "$PREFIX/logs"
-ln -sfn "$REPO/lua" "$PREFIX/lua"
-export AIORESTY_LIB_DIR
-export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
-echo "aioresty example: http://127.0.0.1:8080/api/hello (prefix $PREFIX)" >&2
-exec nginx -p "$PREFIX" -c "$HERE/nginx.conf" -g 'daemon off;'
+# this checkout's aioresty, even if the venv has another one installed
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PY" -m aioresty.nginx_run "$HERE/nginx.conf" "$@"

@@ -1,0 +1,343 @@
+"""Run stock nginx (Debian's nginx + lua module) with aioresty, in the foreground.
+
+    python -m aioresty.nginx_run examples/nginx/nginx.conf      # what `make demo-nginx` runs
+
+It makes a private prefix (``<prefix>/lua`` -> aioresty's Lua files, ``<prefix>/logs``),
+passes what the workers need in their environment (``AIORESTY_LIB_DIR``,
+``AIORESTY_VENV`` = this interpreter's venv, ``PYTHONPATH`` = the config's directory
+first), and starts ``nginx -p <prefix> -c <conf> -g 'daemon off;'`` in its own process
+group, with warnings and errors also on this terminal.  Ctrl-C (SIGINT) or SIGTERM
+stops nginx gracefully (SIGQUIT: calls in flight finish); a second Ctrl-C, or 10 s
+without an exit, stops it at once (SIGTERM, then SIGKILL to its process group).  The
+prefix is removed afterwards unless ``--keep`` or nginx failed.
+
+The same ``Nginx`` class starts the benchmark's nginx (benchmarks/bench_nginx.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from . import paths
+
+MODULES = Path("/usr/lib/nginx/modules")
+RESTY_CORE = Path("/usr/share/lua/5.1")
+_PR_SET_PDEATHSIG = 1
+
+
+def nginx_binary() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def missing() -> str | None:
+    """Why stock nginx + lua cannot run here, or None."""
+    if not Path(nginx_binary()).exists():
+        return "nginx is not installed (apt-get install nginx-light)"
+    for mod in ("ndk_http_module.so", "ngx_http_lua_module.so"):
+        if not (MODULES / mod).is_file():
+            return f"{MODULES / mod} missing (apt-get install libnginx-mod-http-lua)"
+    if not (RESTY_CORE / "resty" / "core.lua").is_file():
+        return "lua-resty-core is not installed (apt-get install lua-resty-core)"
+    if not (paths.lib_dir() / "libaioresty_nginx.so").is_file():
+        return f"libaioresty_nginx.so is not built in {paths.lib_dir()} (pip install -e .)"
+    return None
+
+
+def venv_dir() -> str | None:
+    """The venv whose Python the workers' runtimes use: $AIORESTY_VENV, $VIRTUAL_ENV, ours."""
+    for var in ("AIORESTY_VENV", "VIRTUAL_ENV"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return sys.prefix if sys.prefix != sys.base_prefix else None
+
+
+def runtime_env(pythonpath: Iterable[str | Path] = ()) -> dict[str, str]:
+    """This environment plus what aioresty reads in the workers (the config must
+    pass them with ``env AIORESTY_LIB_DIR; env AIORESTY_VENV; env PYTHONPATH;``)."""
+    env = dict(os.environ)
+    env["AIORESTY_LIB_DIR"] = str(paths.lib_dir())
+    venv = venv_dir()
+    if venv:
+        env["AIORESTY_VENV"] = venv
+    parts = [str(p) for p in pythonpath]
+    if env.get("PYTHONPATH"):
+        parts.append(env["PYTHONPATH"])
+    if parts:
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+def make_prefix(prefix: Path | None = None) -> Path:
+    """A prefix directory with logs/ and lua -> aioresty's Lua files (world-readable:
+    the workers run as `nobody` when the master is root)."""
+    if prefix is None:
+        prefix = Path(tempfile.mkdtemp(prefix="aioresty-nginx-"))
+    prefix.mkdir(parents=True, exist_ok=True)
+    os.chmod(prefix, 0o755)
+    (prefix / "logs").mkdir(exist_ok=True)
+    link = prefix / "lua"
+    if link.is_symlink():
+        link.unlink()
+    if not link.exists():  # a real lua/ directory of the user's is left alone
+        link.symlink_to(paths.lua_dir())
+    return prefix
+
+
+def listen_addresses(conf: Path) -> list[str]:
+    """host:port of the `listen` directives of a config (for the banner only)."""
+    text = re.sub(r"#[^\n]*", "", conf.read_text())
+    return re.findall(r"\blisten\s+([0-9.]+:\d+)", text)
+
+
+def children(pid: int) -> list[int]:
+    """Live pids whose parent is pid (the workers of an nginx master)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            out.append(int(d))
+    return sorted(out)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class Nginx:
+    """One `nginx -g 'daemon off;'` master in its own process group."""
+
+    def __init__(
+        self,
+        conf: Path,
+        prefix: Path,
+        env: dict[str, str] | None = None,
+        *,
+        stderr_level: str | None = None,
+        output: Path | None = None,
+    ) -> None:
+        self.conf = conf
+        self.prefix = prefix
+        self.env = env if env is not None else runtime_env()
+        self.stderr_level = stderr_level  # also log this level and up to stderr
+        self.output = output  # None: inherit stdout/stderr
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "nginx is not started"
+        return self.proc.pid
+
+    def start(self, wait_for: Sequence[tuple[str, int]] = (), timeout: float = 15.0) -> None:
+        glob = "daemon off;"
+        if self.stderr_level:
+            glob += f" error_log stderr {self.stderr_level};"
+        cmd = [nginx_binary(), "-p", f"{self.prefix}/", "-c", str(self.conf), "-e", "stderr"]
+        cmd += ["-g", glob]
+        out = open(self.output, "ab") if self.output else None
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                start_new_session=True,  # a terminal's Ctrl-C reaches us, not the workers
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if out:
+                out.close()
+        deadline = time.monotonic() + timeout
+        for addr in wait_for:
+            while not self._accepts(addr):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    self.stop(graceful=False)
+                    raise TimeoutError(f"nginx did not listen on {addr} within {timeout}s")
+                time.sleep(0.05)
+
+    @staticmethod
+    def _accepts(addr: tuple[str, int]) -> bool:
+        try:
+            with socket.create_connection(addr, timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def workers(self) -> list[int]:
+        return children(self.pid) if self.proc else []
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int | None:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, graceful: bool = True, timeout: float = 10.0) -> int:
+        """SIGQUIT (graceful) or SIGTERM; then SIGTERM; then SIGKILL to the group."""
+        if self.proc is None:
+            return 0
+        steps: list[tuple[int, float]] = [(signal.SIGTERM, 5.0)]
+        if graceful:
+            steps.insert(0, (signal.SIGQUIT, timeout))
+        for sig, wait_s in steps:
+            if not self.running():
+                break
+            self.signal(sig)
+            if self.wait(wait_s) is not None:
+                break
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.wait(5.0)
+        self._kill_stray_workers()
+        return self.proc.returncode if self.proc.returncode is not None else -9
+
+    def _kill_stray_workers(self) -> None:
+        # the group holds the master and its workers; after the master is gone
+        # nothing of ours may stay in it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def log(self, tail: int = 40) -> str:
+        text = ""
+        for p in (self.prefix / "logs" / "error.log", self.output):
+            if p is not None and p.exists():
+                text += p.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-tail:])
+
+
+def _serve(args: argparse.Namespace) -> int:
+    why = missing()
+    if why:
+        print(f"aioresty nginx: {why}", file=sys.stderr)
+        return 2
+    conf = Path(args.conf).resolve()
+    if not conf.is_file():
+        print(f"aioresty nginx: no such config: {conf}", file=sys.stderr)
+        return 2
+    own_prefix = args.prefix is None
+    prefix = make_prefix(Path(args.prefix).resolve() if args.prefix else None)
+    pythonpath = [conf.parent, *args.pythonpath, Path.cwd()]
+    nginx = Nginx(conf, prefix, runtime_env(pythonpath), stderr_level=args.log_level)
+
+    stops: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stops.append(signum)
+
+    handlers: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers[sig] = signal.signal(sig, on_signal)
+    rc = 1
+    try:
+        nginx.start()
+        urls = ", ".join(f"http://{a}/" for a in listen_addresses(conf)) or "(see the config)"
+        print(
+            f"aioresty nginx: {conf} on {urls}\n"
+            f"  master pid {nginx.pid} (kill -HUP reloads), prefix {prefix}\n"
+            f"  error log {prefix}/logs/error.log (warnings also here); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        rc = _supervise(nginx, stops)
+    finally:
+        if nginx.running():
+            nginx.stop(graceful=False)
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+        if own_prefix and not args.keep and rc == 0:
+            shutil.rmtree(prefix, ignore_errors=True)
+        elif own_prefix:
+            print(f"aioresty nginx: prefix kept: {prefix}", file=sys.stderr)
+    return rc
+
+
+def _supervise(nginx: Nginx, stops: list[int]) -> int:
+    """Wait for nginx; on a stop signal: SIGQUIT, then SIGTERM after 10 s or a 2nd signal."""
+    seen = 0
+    quit_at: float | None = None
+    term_at: float | None = None
+    while True:
+        rc = nginx.wait(0.2)
+        if rc is not None:
+            if quit_at is None:
+                print(f"aioresty nginx: nginx exited by itself ({rc})", file=sys.stderr)
+                print(nginx.log(), file=sys.stderr)
+                return rc or 1
+            print("aioresty nginx: stopped", file=sys.stderr)
+            return rc
+        now = time.monotonic()
+        if len(stops) > seen:
+            seen = len(stops)
+            if quit_at is None:
+                print("\naioresty nginx: stopping (graceful)", file=sys.stderr, flush=True)
+                nginx.signal(signal.SIGQUIT)
+                quit_at = now
+            elif term_at is None:
+                nginx.signal(signal.SIGTERM)
+                term_at = now
+        if quit_at is not None and term_at is None and now - quit_at > 10.0:
+            nginx.signal(signal.SIGTERM)
+            term_at = now
+        if term_at is not None and now - term_at > 5.0:
+            nginx.stop(graceful=False, timeout=0.0)
+            return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aioresty.nginx_run",
+        description="Run stock nginx with aioresty in the foreground (Ctrl-C stops it).",
+    )
+    parser.add_argument("conf", help="nginx.conf (lua_package_path may use $prefix/lua/)")
+    parser.add_argument("-p", "--prefix", help="prefix directory (default: a fresh temp dir)")
+    parser.add_argument(
+        "--pythonpath",
+        action="append",
+        default=[],
+        help="extra PYTHONPATH entry for the workers (the config's directory is always first)",
+    )
+    parser.add_argument(
+        "--log-level", default="warn", help="also log this level and up to stderr (warn)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp prefix")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _serve(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

