@@ -1,7 +1,8 @@
 # aioresty - every target sets up what it needs (idempotent).
 #   make demo        the seed's Envoy demo on 127.0.0.1:8000 (curl through Envoy -> async Python)
 #   make test        all tests (unit, native core under valgrind, Envoy, nginx)
-#   make bench-core  core benchmark -> benchmarks/results/core.json
+#   make demo-nginx  the nginx example on 127.0.0.1:8080;  make demo-host: no proxy at all
+#   make bench-core | bench-envoy | bench-nginx -> benchmarks/results/<name>.json
 SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 VENV := $(ROOT)/.venv
@@ -12,7 +13,7 @@ APT_PKGS := build-essential python3-dev python3-venv valgrind curl golang-go wrk
 STAMP := $(VENV)/.aioresty-installed
 LUAJIT_SRC := $(ROOT)/.deps/luajit2
 
-.PHONY: deps venv native test lint demo bench-core clean
+.PHONY: deps venv native test lint demo demo-host bench-core clean
 
 # Debian packages, installed only when one is missing.
 deps:
@@ -56,8 +57,13 @@ test: venv
 	$(VENV)/bin/ruff check aioresty tests benchmarks examples
 	cd $(ROOT) && $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
+# The seed's Envoy demo on 127.0.0.1:8000 (foreground; Ctrl-C stops it).
 demo: venv
-	$(VENV)/bin/python examples/demo_host.py
+	cd $(ROOT) && $(VENV)/bin/python -m aioresty.demo
+
+# The same runtimes through the C test host, no proxy.
+demo-host: venv
+	cd $(ROOT) && $(VENV)/bin/python examples/demo_host.py
 
 bench-core: venv
 	$(VENV)/bin/python benchmarks/bench_core.py
@@ -79,6 +85,17 @@ demo-nginx: venv
 # nginx benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/nginx.json
 bench-nginx: venv
 	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_nginx.py
+
+# Envoy "lua" filter mode benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/luamod.json
+.PHONY: bench-luamod
+bench-luamod: venv
+	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_luamod.py
+
+# Python HTTP filter vs plain Envoy vs ext_proc+grpcio (BENCH_SECONDS=5) -> benchmarks/results/filter.json
+.PHONY: bench-filter
+bench-filter: venv
+	$(PY) -c "import grpc, envoy_data_plane" 2>/dev/null || $(PY) -m pip install -q 'grpcio>=1.60' 'envoy-data-plane==2.2.0'
+	cd $(ROOT) && $(PY) benchmarks/bench_filter.py
 
 clean:
 	rm -rf native/build aioresty/_lib aioresty/_native*.so build *.egg-info

@@ -1,0 +1,37 @@
+"""The README's demo commands, as a newcomer runs them (smoke tests)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+from tests.hostlib import ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_envoy_demo_check() -> None:
+    """make demo's program: the seed block + the app through real Envoy, checked."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioresty.demo", "--check",
+         "--listen", f"127.0.0.1:{_free_port()}", "--admin", f"127.0.0.1:{_free_port()}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "hello, envoy, from async Python" in proc.stdout
+    assert '"url": "http://localhost' in proc.stdout or "/get" in proc.stdout
+
+
+def test_host_demo() -> None:
+    proc = subprocess.run(
+        [sys.executable, "examples/demo_host.py"], cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "greet('envoy') -> rc=0 'hello, envoy, from async Python'" in proc.stdout
+    assert proc.stdout.rstrip().endswith("exit tasks=0 queues=0")
