@@ -11,6 +11,7 @@ from .app import (
     Handler,
     HandlerError,
 )
+from .filters import FilterRequest, FilterResponse, Headers, Response
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,11 @@ __all__ = [
     "RC_NO_METHOD",
     "RC_TIMEOUT",
     "App",
+    "FilterRequest",
+    "FilterResponse",
     "Handler",
     "HandlerError",
+    "Headers",
+    "Response",
     "__version__",
 ]

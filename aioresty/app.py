@@ -106,6 +106,9 @@ class App:
         self.timeout = timeout
         self.unload_grace = unload_grace
         self._handlers: dict[str, Handler] = {}
+        # Envoy HTTP filter hooks (aioresty/filters.py): phase -> hooks in order
+        self._filter_hooks: dict[str, list[Any]] = {"request": [], "response": []}
+        self._filter_handlers: dict[tuple[str, int], Handler] = {}
 
     def handler(
         self,
@@ -160,6 +163,27 @@ class App:
         )
         self._handlers[hname] = h
         return h
+
+    def on_request(
+        self, fn: HandlerFn | None = None, *, body: bool = False, eager: bool = True
+    ) -> Any:
+        """Register an Envoy filter hook for requests (aioresty/filters.py).
+
+        ``@app.on_request`` / ``@app.on_request(body=True)``: the hook gets a
+        FilterRequest and returns None (continue, with its changes) or a
+        Response (local reply).  ``body=True`` buffers the request body.
+        """
+        from .filters import register
+
+        return register(self, "request", fn, body, eager)
+
+    def on_response(
+        self, fn: HandlerFn | None = None, *, body: bool = False, eager: bool = True
+    ) -> Any:
+        """Register an Envoy filter hook for responses (FilterResponse)."""
+        from .filters import register
+
+        return register(self, "response", fn, body, eager)
 
     def lookup(self, method: str) -> Handler:
         h = self._handlers.get(method)

@@ -27,7 +27,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import __version__, envoy_config, paths
+from . import __version__, envoy_config, envoy_filters, paths
 
 
 class UsageError(Exception):
@@ -379,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = esub.add_parser("env", help="print the environment Envoy needs as shell exports")
     e.add_argument("user_config", nargs="?", help="user config (for its pythonpath/venv)")
     e.set_defaults(func=_cmd_envoy_env)
+    envoy_filters.add_cli(esub)  # `aioresty envoy filter-config` (the Python HTTP filter)
     return parser
 
 

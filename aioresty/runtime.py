@@ -18,7 +18,7 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-from . import _native
+from . import _native, filters
 from .app import (
     RC_CANCELLED,
     RC_ERROR,
@@ -178,8 +178,11 @@ class Runtime:
 
     def _dispatch(self, task: int, tid: int, method: str, payload: bytes) -> None:
         try:
-            handler = self.app.lookup(method)
-            coro = handler.fn(handler.decode(payload))
+            if method.startswith("__filter_"):  # Envoy filter hooks (filters.py)
+                handler, coro = filters.call(self.app, method, payload)
+            else:
+                handler = self.app.lookup(method)
+                coro = handler.fn(handler.decode(payload))
         except BaseException as exc:
             self._answer_error(task, method, exc)
             return

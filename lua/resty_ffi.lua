@@ -32,7 +32,9 @@ local function get_adapter()
         return adapter
     end
     local ngx_ = rawget(_G, "ngx")
-    if ngx_ and ngx_.config and ngx_.config.subsystem then
+    if rawget(_G, "aioresty_luamod") then        -- aioresty's own Envoy lua filter mode
+        adapter = require "aioresty.envoy_luamod"
+    elseif ngx_ and ngx_.config and ngx_.config.subsystem then
         adapter = require "aioresty.nginx"
     else
         adapter = require "aioresty.envoy"

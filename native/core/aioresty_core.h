@@ -40,7 +40,11 @@
  *   - cfg passed to libffi_init: owned by the registry, valid only during the
  *     call; a runtime that needs it later must copy it.
  *   - the completion sink (ar_sink) and its ctx: owned by the host and must
- *     outlive every task posted with it.  host_data is opaque to the core.
+ *     outlive every task posted with it.  ar_task_done turns true just
+ *     before the sink runs, so seeing an answer does not mean the sink has
+ *     returned: keep what the sink touches alive for the host's lifetime, or
+ *     reference-count it from host_data and drop that reference inside the
+ *     sink (as the Envoy module does).  host_data is opaque to the core.
  */
 #ifndef AIORESTY_CORE_H
 #define AIORESTY_CORE_H

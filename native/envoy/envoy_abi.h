@@ -107,4 +107,80 @@ extern void envoy_dynamic_module_callback_http_filter_scheduler_delete(void *sch
 
 extern void envoy_dynamic_module_callback_log(int level, mod_buf msg);
 
+/* ---- used by the "lua" mode (luamod.c); signatures checked against the
+ * 1.40.0 binary's disassembly (argument registers) and v1.40 abi.h ---- */
+enum { ENV_LOG_CRITICAL = 5 };
+
+/* A header owned by Envoy (valid until the end of the current hook/callback
+ * or the next header mutation). */
+typedef struct {
+    const char *key_ptr;
+    size_t key_length;
+    const char *value_ptr;
+    size_t value_length;
+} env_hdr;
+
+/* envoy_dynamic_module_type_metadata_source */
+enum { ENV_METADATA_DYNAMIC = 0, ENV_METADATA_ROUTE = 1, ENV_METADATA_CLUSTER = 2 };
+
+/* envoy_dynamic_module_type_attribute_id (the ones used) */
+enum {
+    ENV_ATTR_REQUEST_PROTOCOL = 10,
+    ENV_ATTR_SOURCE_ADDRESS = 24,
+    ENV_ATTR_SOURCE_PORT = 25,
+    ENV_ATTR_DESTINATION_ADDRESS = 26,
+    ENV_ATTR_DESTINATION_PORT = 27,
+    ENV_ATTR_CONNECTION_ID = 28,
+    ENV_ATTR_CONNECTION_MTLS = 29,
+    ENV_ATTR_CONNECTION_REQUESTED_SERVER_NAME = 30,
+    ENV_ATTR_CONNECTION_TLS_VERSION = 31,
+};
+
+extern size_t envoy_dynamic_module_callback_http_get_headers_size(void *filter_envoy,
+                                                                  int header_type);
+/* Fills `out` (get_headers_size entries) with borrowed headers. */
+extern bool envoy_dynamic_module_callback_http_get_headers(void *filter_envoy, int header_type,
+                                                           env_hdr *out);
+/* Replaces every value of `key`; value.ptr == NULL removes the header. */
+extern bool envoy_dynamic_module_callback_http_set_header(void *filter_envoy, int header_type,
+                                                          mod_buf key, mod_buf value);
+extern bool envoy_dynamic_module_callback_http_add_header(void *filter_envoy, int header_type,
+                                                          mod_buf key, mod_buf value);
+extern void envoy_dynamic_module_callback_http_filter_continue_decoding(void *filter_envoy);
+extern void envoy_dynamic_module_callback_http_filter_continue_encoding(void *filter_envoy);
+extern bool envoy_dynamic_module_callback_http_get_metadata_string(void *filter_envoy, int source,
+                                                                   mod_buf ns, mod_buf key,
+                                                                   env_buf *out);
+extern bool envoy_dynamic_module_callback_http_get_metadata_number(void *filter_envoy, int source,
+                                                                   mod_buf ns, mod_buf key,
+                                                                   double *out);
+extern bool envoy_dynamic_module_callback_http_get_metadata_bool(void *filter_envoy, int source,
+                                                                 mod_buf ns, mod_buf key,
+                                                                 bool *out);
+extern bool envoy_dynamic_module_callback_http_filter_get_attribute_string(void *filter_envoy,
+                                                                           int attribute_id,
+                                                                           env_buf *out);
+extern bool envoy_dynamic_module_callback_http_filter_get_attribute_int(void *filter_envoy,
+                                                                        int attribute_id,
+                                                                        uint64_t *out);
+
+/* ---- used by the "python" mode (pyfilter.c); signatures checked against
+ * the 1.40.0 binary's disassembly (argument registers) and v1.40 abi.h ---- */
+/* Appends to a body (buffered kinds: through modify{De,En}codingBuffer). */
+extern bool envoy_dynamic_module_callback_http_append_body(void *filter_envoy, int body_type,
+                                                           mod_buf data);
+/* Drains up to n bytes from the front of a body. */
+extern bool envoy_dynamic_module_callback_http_drain_body(void *filter_envoy, int body_type,
+                                                          size_t n);
+/* The stream's buffer limit (decoder side; shared with the encoder side). */
+extern uint64_t envoy_dynamic_module_callback_http_get_buffer_limit(void *filter_envoy);
+extern void envoy_dynamic_module_callback_http_set_buffer_limit(void *filter_envoy,
+                                                                uint64_t limit);
+/* Routing is redone for the next filters (after a :path/:authority change). */
+extern void envoy_dynamic_module_callback_http_clear_route_cache(void *filter_envoy);
+/* The module's per-route config of the route (per_route_config_new's
+ * result), or NULL. */
+extern const void *envoy_dynamic_module_callback_get_most_specific_route_config(
+    void *filter_envoy);
+
 #endif

@@ -40,6 +40,8 @@ struct ar_mode {
 };
 
 extern const ar_mode ar_mode_bridge;
+extern const ar_mode ar_mode_lua; /* luamod.c: LuaJIT filter with native ffi-yield */
+extern const ar_mode ar_mode_python; /* pyfilter.c: async Python HTTP filter */
 
 /* Logs through Envoy's logger (module.c). */
 void ar_envoy_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -11,7 +11,7 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-static const ar_mode *const g_modes[] = {&ar_mode_bridge};
+static const ar_mode *const g_modes[] = {&ar_mode_python, &ar_mode_bridge, &ar_mode_lua};
 
 void ar_envoy_log(int level, const char *fmt, ...)
 {

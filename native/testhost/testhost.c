@@ -300,11 +300,17 @@ typedef struct worker {
     long nlat, cap;
 } worker;
 
+/* One waitgroup per worker slot, alive until exit: a sink may still be
+ * running (it runs after the task is marked done) when the worker that
+ * posted the task has seen the answer and moved on. */
+#define MAX_WORKERS 64
+static waitgroup g_worker_wg[MAX_WORKERS];
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
-    waitgroup wg;
-    wg_init(&wg);
+    waitgroup *wgp = &g_worker_wg[w->id];
+#define wg (*wgp)
     ar_task **slot = calloc((size_t)w->window, sizeof *slot);
     uint64_t *t0 = calloc((size_t)w->window, sizeof *t0);
     char **payload = calloc((size_t)w->window, sizeof *payload);
@@ -374,8 +380,8 @@ static void *worker_main(void *arg)
     free(payload);
     free(slot);
     free(t0);
-    wg_destroy(&wg);
     return NULL;
+#undef wg
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -387,6 +393,10 @@ static int cmp_u64(const void *a, const void *b)
 static void run_workers(ar_queue *q, const char *method, int threads, long calls, double secs,
                         size_t size, int window, int bench)
 {
+    if (threads < 1 || threads > MAX_WORKERS) {
+        printf("err threads must be 1..%d\n", MAX_WORKERS);
+        return;
+    }
     worker *ws = calloc((size_t)threads, sizeof *ws);
     uint64_t start = now_ns();
     for (int i = 0; i < threads; i++) {
@@ -605,6 +615,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (bind_core(argv[1]) < 0) return 2;
     wg_init(&g_wg);
+    for (int i = 0; i < MAX_WORKERS; i++) wg_init(&g_worker_wg[i]);
     while (fgets(line, sizeof line, stdin)) {
         if (run_line(line)) break;
     }
@@ -623,5 +634,6 @@ int main(int argc, char **argv)
     for (int i = 0; i < 200 && (core.queues_alive() || core.tasks_alive()); i++) usleep(10000);
     printf("exit tasks=%ld queues=%ld\n", core.tasks_alive(), core.queues_alive());
     wg_destroy(&g_wg);
+    for (int i = 0; i < MAX_WORKERS; i++) wg_destroy(&g_worker_wg[i]);
     return 0;
 }

@@ -1,0 +1,384 @@
+"""Envoy HTTP filters written as ``async def`` Python (docs/filter.md).
+
+::
+
+    app = aioresty.App()
+
+    @app.on_request
+    async def auth(req: aioresty.FilterRequest) -> aioresty.Response | None:
+        if req.headers.get("authorization") != "Bearer ok":
+            return aioresty.Response(401, b"denied", headers={"www-authenticate": "Bearer"})
+        req.headers["x-user"] = "alice"  # applied, then the request goes upstream
+
+    @app.on_response
+    async def stamp(resp: aioresty.FilterResponse) -> None:
+        resp.headers["x-served-by"] = "aioresty"
+
+The Envoy side is the dynamic module's ``python`` filter mode
+(native/envoy/pyfilter.c).  For every stream it posts a msgpack snapshot to
+the App's runtime (method ``__filter_request`` / ``__filter_response``); the
+runtime thread runs the hooks (Python never runs on an Envoy worker) and
+answers with the changes, which the module applies on the worker thread.
+
+Hooks run in registration order and see each other's changes; the first
+one that returns a :class:`Response` answers locally and ends the chain.
+Bodies are buffered only when a hook asks for them (``body=True``), up to the
+filter's ``body_limit`` (413 for requests, 502 for responses beyond it).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+)
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import msgpack
+
+from .app import Handler
+
+Phase = Literal["request", "response"]
+RequestHook = Callable[["FilterRequest"], Awaitable["Response | None"]]
+ResponseHook = Callable[["FilterResponse"], Awaitable["Response | None"]]
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+METHOD_REQUEST = "__filter_request"
+METHOD_RESPONSE = "__filter_response"
+METHOD_INFO = "__filter_info"
+_PHASE_REQUEST = 1
+_OP_SET, _OP_ADD, _OP_REMOVE = 0, 1, 2
+
+
+class Headers(MutableMapping[str, str]):
+    """Multi-valued, case-insensitive HTTP headers (names are lower-cased).
+
+    ``h[k]`` / ``h.get(k)`` give the first value, ``h.getall(k)`` every value;
+    ``h[k] = v`` replaces every value, ``h.add(k, v)`` appends one,
+    ``del h[k]`` removes them all.  Pseudo-headers (``:path``...) are not here:
+    see the request/response attributes.
+    """
+
+    __slots__ = ("_d", "_dirty")
+
+    def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] | None = None) -> None:
+        self._d: dict[str, list[str]] = {}
+        self._dirty: set[str] = set()
+        if items is not None:
+            pairs = items.items() if isinstance(items, Mapping) else items
+            for k, v in pairs:
+                self._d.setdefault(k.lower(), []).append(v)
+
+    @classmethod
+    def _from_wire(cls, d: dict[str, list[str]]) -> Headers:
+        h = cls.__new__(cls)
+        h._d = d
+        h._dirty = set()
+        return h
+
+    def __getitem__(self, key: str) -> str:
+        vals = self._d.get(key.lower())
+        if not vals:
+            raise KeyError(key)
+        return vals[0]
+
+    def get(self, key: str, default: Any = None) -> Any:  # first value, fast path
+        vals = self._d.get(key.lower())
+        return vals[0] if vals else default
+
+    def getall(self, key: str) -> list[str]:
+        return list(self._d.get(key.lower(), ()))
+
+    def __setitem__(self, key: str, value: str) -> None:
+        k = _check_name(key)
+        self._d[k] = [_check_value(value)]
+        self._dirty.add(k)
+
+    def add(self, key: str, value: str) -> None:
+        k = _check_name(key)
+        self._d.setdefault(k, []).append(_check_value(value))
+        self._dirty.add(k)
+
+    def __delitem__(self, key: str) -> None:
+        k = key.lower()
+        if k not in self._d:
+            raise KeyError(key)
+        del self._d[k]
+        self._dirty.add(k)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._d
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def multi_items(self) -> list[tuple[str, str]]:
+        """Every (name, value) pair, repeated names included."""
+        return [(k, v) for k, vals in self._d.items() for v in vals]
+
+    def __repr__(self) -> str:
+        return f"Headers({self.multi_items()!r})"
+
+    def _ops(self, out: list[Any]) -> None:
+        for k in self._dirty:
+            vals = self._d.get(k)
+            if not vals:
+                out += (_OP_REMOVE, k, None)
+                continue
+            out += (_OP_SET, k, vals[0])
+            for v in vals[1:]:
+                out += (_OP_ADD, k, v)
+
+
+def _check_name(key: str) -> str:
+    k = key.lower()
+    if not k or k.startswith(":") or any(c in k for c in "\r\n\0 :"):
+        raise ValueError(f"invalid header name {key!r}")
+    return k
+
+
+def _check_value(value: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"header values are str, got {type(value).__name__}")
+    if not value:
+        # Envoy's set_header removes a header given an empty value
+        raise ValueError("empty header values are not supported (delete the header instead)")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"invalid header value {value!r}")
+    return value
+
+
+@dataclass
+class Response:
+    """A local reply: returned by a hook, it answers the client without
+    going (or going further) upstream."""
+
+    status: int = 200
+    body: bytes | str = b""
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
+
+    def _pack(self) -> bytes:
+        if not 100 <= int(self.status) <= 999:
+            raise ValueError(f"bad status {self.status!r}")
+        flat: list[str] = []
+        if self.headers is not None:
+            hs = self.headers
+            pairs = (
+                hs.multi_items()
+                if isinstance(hs, Headers)
+                else hs.items()
+                if isinstance(hs, Mapping)
+                else hs
+            )
+            for k, v in pairs:
+                flat += (_check_name(k), _check_value(v))
+        if len(flat) > 512:
+            raise ValueError("too many headers in a local reply (max 256)")
+        body = self.body.encode() if isinstance(self.body, str) else bytes(self.body)
+        return _PACK([1, int(self.status), flat, body])
+
+
+class _Message:
+    __slots__ = ("_body", "_new_body", "_pseudo", "_pseudo_dirty", "_wants_body", "headers")
+
+    def __init__(
+        self, pseudo: dict[str, str], headers: Headers, body: bytes | None, wants_body: bool
+    ) -> None:
+        self._pseudo = pseudo
+        self._pseudo_dirty = False
+        self.headers = headers
+        self._body = body
+        self._new_body: bytes | None = None
+        self._wants_body = wants_body
+
+    async def body(self) -> bytes:
+        """The whole body (hooks registered with ``body=True``); b"" if none."""
+        if self._new_body is not None:
+            return self._new_body
+        if self._body is None:
+            if not self._wants_body:
+                raise RuntimeError("the body was not buffered: register the hook with body=True")
+            return b""
+        return self._body
+
+    def set_body(self, data: bytes | str) -> None:
+        """Replace the body (content-length is updated)."""
+        if self._body is None:
+            raise RuntimeError(
+                "no buffered body to replace: register the hook with body=True "
+                "(a message that ended with its headers has none)"
+            )
+        self._new_body = data.encode() if isinstance(data, str) else bytes(data)
+
+
+class FilterRequest(_Message):
+    """The request as the filter sees it (``method``, ``path``, ``headers``)."""
+
+    __slots__ = ()
+
+    @property
+    def method(self) -> str:
+        return self._pseudo.get(":method", "")
+
+    @property
+    def path(self) -> str:
+        return self._pseudo.get(":path", "")
+
+    @path.setter
+    def path(self, value: str) -> None:
+        if not value.startswith("/") or any(c in value for c in "\r\n\0 "):
+            raise ValueError(f"invalid path {value!r}")
+        self._pseudo[":path"] = value
+        self._pseudo_dirty = True
+
+    @property
+    def authority(self) -> str:
+        return self._pseudo.get(":authority", "")
+
+    @property
+    def scheme(self) -> str:
+        return self._pseudo.get(":scheme", "")
+
+    def __repr__(self) -> str:
+        return f"<FilterRequest {self.method} {self.path} {self.headers!r}>"
+
+
+class FilterResponse(_Message):
+    """The upstream's (or Envoy's) response: ``status``, ``headers``."""
+
+    __slots__ = ()
+
+    @property
+    def status(self) -> int:
+        try:
+            return int(self._pseudo.get(":status", "0"))
+        except ValueError:
+            return 0
+
+    @status.setter
+    def status(self, value: int) -> None:
+        if not 100 <= int(value) <= 999:
+            raise ValueError(f"bad status {value!r}")
+        self._pseudo[":status"] = str(int(value))
+        self._pseudo_dirty = True
+
+    def __repr__(self) -> str:
+        return f"<FilterResponse {self.status} {self.headers!r}>"
+
+
+@dataclass(frozen=True)
+class FilterHook:
+    fn: Callable[[Any], Awaitable[Any]]
+    phase: Phase
+    body: bool
+    eager: bool
+
+
+def register(app: Any, phase: Phase, fn: _F | None, body: bool, eager: bool) -> Any:
+    """``App.on_request`` / ``App.on_response`` (usable bare or with options)."""
+
+    def add(f: _F) -> _F:
+        if not inspect.iscoroutinefunction(f):
+            raise TypeError(f"aioresty filter hooks must be 'async def' functions, got {f!r}")
+        app._filter_hooks[phase].append(FilterHook(f, phase, body, eager))
+        app._filter_handlers.clear()
+        return f
+
+    if fn is not None:
+        return add(fn)
+    return add
+
+
+_PACK = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
+
+
+def _unpack(payload: bytes) -> Any:
+    return msgpack.unpackb(payload, raw=False, unicode_errors="surrogateescape")
+
+
+async def _info(app: Any) -> str:
+    req = app._filter_hooks["request"]
+    resp = app._filter_hooks["response"]
+    return "".join(
+        "1" if x else "0" for x in (req, any(h.body for h in req), resp, any(h.body for h in resp))
+    )
+
+
+def _handler(app: Any, method: str, timeout_ms: int) -> Handler:
+    """A Handler per (method, timeout): the runtime's timeout/abort machinery."""
+    key = (method, timeout_ms)
+    h: Handler | None = app._filter_handlers.get(key)
+    if h is None:
+        hooks = app._filter_hooks["request" if method == METHOD_REQUEST else "response"]
+        h = Handler(
+            name=method,
+            fn=_info,
+            codec="bytes",
+            timeout=timeout_ms / 1000.0 if timeout_ms else None,
+            eager=all(x.eager for x in hooks),
+        )
+        app._filter_handlers[key] = h
+    return h
+
+
+def call(app: Any, method: str, payload: bytes) -> tuple[Handler, Coroutine[Any, Any, Any]]:
+    """Entry point of the runtime for the reserved ``__filter_*`` methods."""
+    if method == METHOD_INFO:
+        return _handler(app, METHOD_INFO, 0), _info(app)
+    if method not in (METHOD_REQUEST, METHOD_RESPONSE):
+        raise LookupError(f"aioresty: unknown filter method {method!r}")
+    phase, timeout_ms, flat, body = _unpack(payload)
+    return _handler(app, method, timeout_ms), _run(app, phase, flat, body)
+
+
+async def _run(app: Any, phase: int, flat: list[str], body: bytes | None) -> bytes:
+    pseudo: dict[str, str] = {}
+    d: dict[str, list[str]] = {}
+    it = iter(flat)
+    for k, v in zip(it, it, strict=True):
+        if k[0] == ":":
+            pseudo[k] = v
+        else:
+            vals = d.get(k)
+            if vals is None:
+                d[k] = [v]
+            else:
+                vals.append(v)
+    headers = Headers._from_wire(d)
+    msg: _Message
+    if phase == _PHASE_REQUEST:
+        hooks = app._filter_hooks["request"]
+        msg = FilterRequest(pseudo, headers, body, any(h.body for h in hooks))
+    else:
+        hooks = app._filter_hooks["response"]
+        msg = FilterResponse(pseudo, headers, body, any(h.body for h in hooks))
+    for hook in hooks:
+        result = await hook.fn(msg)
+        if result is None:
+            continue
+        if isinstance(result, Response):
+            return result._pack()
+        raise TypeError(
+            f"filter hook {hook.fn.__qualname__} returned {type(result).__name__}; "
+            "return None (continue) or aioresty.Response (local reply)"
+        )
+    # the changes: header ops, then the body (or nil)
+    ops: list[Any] = []
+    if msg._pseudo_dirty:
+        key = ":path" if phase == _PHASE_REQUEST else ":status"
+        ops += (_OP_SET, key, pseudo[key])
+    if headers._dirty:
+        headers._ops(ops)
+    if not ops and msg._new_body is None:
+        return b""  # continue unchanged
+    return _PACK([0, ops, msg._new_body])

@@ -1,0 +1,184 @@
+"""aioresty's async Python HTTP filter inside a real Envoy 1.40
+(native/envoy/pyfilter.c + aioresty/filters.py, apps in filterapp.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.envoy.conftest import wait_until
+from tests.envoy_filter.conftest import FilterEnvoy, Upstream
+
+AUTH = {"authorization": "Bearer ok"}
+
+
+def req(
+    env: FilterEnvoy,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    c = http.client.HTTPConnection("127.0.0.1", env.port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def echoed(body: bytes) -> dict[str, Any]:
+    data = json.loads(body)
+    hs: dict[str, list[str]] = {}
+    for k, v in data["headers"]:
+        hs.setdefault(k, []).append(v)
+    data["h"] = hs
+    return data
+
+
+def test_header_mutation_reaches_upstream(envoy: FilterEnvoy) -> None:
+    status, h, body = req(envoy, "GET", "/echo", headers={**AUTH, "x-remove-me": "1"})
+    assert status == 200
+    up = echoed(body)
+    assert up["h"]["x-user"] == ["alice"]
+    assert up["h"]["x-multi"] == ["one", "two"]
+    assert "x-remove-me" not in up["h"]
+    # the response hook ran too
+    assert h["x-served-by"] == "aioresty" and "x-drop-me" not in h
+
+
+def test_local_reply_never_reaches_upstream(envoy: FilterEnvoy, upstream: Upstream) -> None:
+    before = upstream.hits
+    status, h, body = req(envoy, "GET", "/echo")
+    assert (status, body, h["www-authenticate"]) == (401, b"denied", "Bearer")
+    assert upstream.hits == before
+
+
+def test_request_body_read_and_rewritten(envoy: FilterEnvoy) -> None:
+    status, _, body = req(envoy, "POST", "/rewrite", body=b"hello", headers=AUTH)
+    up = echoed(body)
+    assert status == 200 and up["body"] == "HELLO!" and up["h"]["content-length"] == ["6"]
+    big = bytes(range(97, 123)) * 2000  # 52000 bytes, several slices
+    status, _, body = req(envoy, "POST", "/rewrite", body=big, headers=AUTH)
+    assert status == 200 and echoed(body)["body"] == (big.upper() + b"!").decode()
+
+
+def test_path_rewrite(envoy: FilterEnvoy) -> None:
+    status, _, body = req(envoy, "GET", "/newpath", headers=AUTH)
+    assert status == 200 and echoed(body)["path"] == "/echo/rewritten"
+
+
+def test_response_hook_status_and_local_reply(envoy: FilterEnvoy) -> None:
+    status, h, _ = req(envoy, "GET", "/created", headers=AUTH)
+    assert status == 202 and h["x-served-by"] == "aioresty"
+    status, _, body = req(envoy, "GET", "/teapot", headers=AUTH)
+    assert (status, body) == (418, b"short and stout")
+
+
+def test_response_body_read_and_rewritten(envoy: FilterEnvoy) -> None:
+    # /rb/ runs body_app (another App, per route): on_response(body=True)
+    status, h, body = req(envoy, "GET", "/rb/echo")
+    assert status == 200 and h["x-body-len"] == str(len(body))
+    assert body == body.upper() and b'"PATH": "/RB/ECHO"' in body
+    assert int(h["content-length"]) == len(body)
+
+
+def test_response_body_over_limit_is_502(envoy: FilterEnvoy) -> None:
+    status, h, _ = req(envoy, "GET", "/rb/big")  # 5000 bytes > 4096
+    assert status == 502 and h["x-aioresty-error"] == "body-limit"
+
+
+def test_request_body_over_limit_is_413(envoy: FilterEnvoy, upstream: Upstream) -> None:
+    before = upstream.hits
+    status, _, _ = req(envoy, "POST", "/rewrite", body=b"a" * (64 * 1024 + 1), headers=AUTH)
+    assert status == 413 and upstream.hits == before
+
+
+def test_exception_fail_closed_and_open(envoy: FilterEnvoy) -> None:
+    status, h, _ = req(envoy, "GET", "/boom")
+    assert status == 500 and h["x-aioresty-error"] == "error"
+    assert "boom from the filter" in envoy.log()
+    status, h, body = req(envoy, "GET", "/open/boom")  # fail=open on /open/
+    assert status == 200 and "x-user" not in echoed(body)["h"]
+
+
+def test_timeout_fail_closed_and_open(envoy: FilterEnvoy) -> None:
+    t0 = time.monotonic()
+    status, h, _ = req(envoy, "GET", "/t/sleep/3")  # timeout=0.3 on /t/
+    assert status == 500 and h["x-aioresty-error"] == "timeout"
+    assert time.monotonic() - t0 < 2.5
+    t0 = time.monotonic()
+    status, _, body = req(envoy, "GET", "/open/sleep/3")
+    assert status == 200 and echoed(body)["path"] == "/open/sleep/3"
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_per_route_disable(envoy: FilterEnvoy) -> None:
+    status, h, body = req(envoy, "GET", "/off/echo")  # no auth needed
+    assert status == 200 and "x-user" not in echoed(body)["h"] and "x-served-by" not in h
+
+
+def test_client_abort_cancels_handler(envoy: FilterEnvoy) -> None:
+    s = socket.create_connection(("127.0.0.1", envoy.port), timeout=5)
+    try:
+        s.sendall(b"GET /sleep/30 HTTP/1.1\r\nhost: x\r\nx-id: abort-1\r\n\r\n")
+        time.sleep(0.5)
+    finally:
+        s.close()
+    wait_until(lambda: "sleep 30.0 cancelled id=abort-1" in envoy.log(), 10, "cancellation")
+    # the filter still serves
+    assert req(envoy, "GET", "/echo", headers=AUTH)[0] == 200
+
+
+async def _many(env: FilterEnvoy, n: int) -> list[tuple[str, int, str]]:
+    conn = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+
+        async def one(i: int) -> tuple[str, int, str]:
+            async with s.get(env.url(f"/echo/{i}"), headers={**AUTH, "x-id": f"c{i}"}) as r:
+                raw = await r.read()
+                if r.status != 200:
+                    return f"c{i}-seen", r.status, raw.decode(errors="replace")
+                data = echoed(raw)
+                return f"c{i}-seen", r.status, data["h"]["x-echo-id"][0]
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_200_concurrent_clients_each_matched(envoy: FilterEnvoy) -> None:
+    results = asyncio.run(_many(envoy, 250))
+    assert all(status == 200 and want == got for want, status, got in results)
+
+
+@pytest.fixture(scope="module")
+def envoy2(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory):
+    e = FilterEnvoy(tmp_path_factory.mktemp("envoy2"), upstream.port, concurrency=2)
+    e.start()
+    yield e
+    assert e.stop() == 0
+
+
+def test_concurrency_2(envoy2: FilterEnvoy) -> None:
+    results = asyncio.run(_many(envoy2, 200))
+    assert all(status == 200 and want == got for want, status, got in results)
+    assert req(envoy2, "GET", "/echo")[0] == 401
+
+
+def test_bad_app_is_rejected_at_config_time(upstream: Upstream, tmp_path) -> None:
+    e = FilterEnvoy(tmp_path, upstream.port, app="tests.envoy_filter.no_such_module:app")
+    with pytest.raises(AssertionError, match="envoy exited"):
+        e.start(timeout=30)
+    e._log.close()
+    log = e.log()
+    assert "cannot load app 'tests.envoy_filter.no_such_module:app'" in log
+    assert "python filter config" in log

@@ -1,0 +1,70 @@
+"""The seed block unchanged in aioresty's "lua" mode, and chains holding both
+the stock Envoy Lua filter (LuaJIT of the Envoy binary, httpCall bridge) and
+the "lua" mode (the module's private LuaJIT), in both orders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.envoy.test_seed import SEED, httpbin  # noqa: F401  (fixture)
+from tests.envoy_luamod.conftest import direct_user, luamod_filter
+
+STOCK = """
+function envoy_on_request(h)
+  require("resty_ffi")
+  local rt = ngx.load_ffi("aioresty", "tests.apps.echoapp")
+  local ok, r = rt:upper("stock", h)
+  local other = h:headers():get("x-luamod")
+  if other then
+    h:respond({[":status"] = "200"}, "luamod=" .. other .. " stock=" .. r .. " " .. tostring(ok))
+    return
+  end
+  h:headers():add("x-stock", r)
+end
+"""
+
+OURS = """
+function envoy_on_request(h)
+  require("resty_ffi")
+  local rt = ngx.load_ffi("aioresty", "tests.apps.echoapp")
+  local ok, r = rt:upper("luamod", h)
+  local other = h:headers():get("x-stock")
+  if other then
+    h:respond({[":status"] = "200"}, "luamod=" .. r .. " stock=" .. other .. " " .. tostring(ok))
+    return
+  end
+  h:headers():add("x-luamod", r)
+end
+"""
+
+
+def test_seed_block_unchanged(luamod_factory, httpbin):  # noqa: F811
+    user = direct_user(
+        upstreams={"httpbin": httpbin},
+        routes=[{"prefix": "/httpbin/", "upstream": "httpbin", "prefix_rewrite": "/"}],
+    )
+    env = luamod_factory(user, [luamod_filter(filename=SEED)], concurrency=2)
+    for _ in range(6):
+        status, _h, body = env.request("GET", "/httpbin/get")
+        assert status == 200, (status, body[:500], env.log()[-3000:])
+        assert json.loads(body)["url"].endswith("/get")
+    log = env.log()
+    assert "failed" not in log and "assertion failed" not in log, log[-3000:]
+    assert "[E]" not in log, log[-3000:]
+    # the calls never used the bridge cluster
+    assert env.stats().get("cluster.aioresty_bridge.upstream_rq_total", 0) == 0
+
+
+@pytest.mark.parametrize("ours_first", [False, True])
+def test_chain_with_the_stock_lua_filter(luamod_factory, ours_first):
+    user = {"lua": {"stock": {"inline": STOCK}}, "routes": [{"prefix": "/", "lua": "stock"}]}
+    env = luamod_factory(user, [luamod_filter(code=OURS)], first=ours_first)
+    for _ in range(5):
+        status, _h, body = env.request("GET", "/")
+        assert (status, body) == (200, b"luamod=LUAMOD stock=STOCK true"), env.log()[-2000:]
+    st = env.stats()
+    # the stock filter went through the bridge; the lua mode did not
+    assert st["cluster.aioresty_bridge.upstream_rq_total"] == 5
+    assert "[E]" not in env.log()
