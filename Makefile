@@ -1,5 +1,6 @@
 # aioresty - every target sets up what it needs (idempotent).
 #   make demo        the seed's Envoy demo on 127.0.0.1:8000 (curl through Envoy -> async Python)
+#   make demo-luamod the same demo, scripts in aioresty's LuaJIT filter (lua_mode = "module")
 #   make test        all tests (unit, native core under valgrind, Envoy, nginx)
 #   make demo-nginx  the nginx example on 127.0.0.1:8080;  make demo-host: no proxy at all
 #   make bench-core | bench-envoy | bench-nginx -> benchmarks/results/<name>.json
@@ -85,6 +86,12 @@ demo-nginx: venv
 # nginx benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/nginx.json
 bench-nginx: venv
 	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_nginx.py
+
+# The same seed demo with the scripts in aioresty's LuaJIT filter inside the dynamic module
+# (lua_mode = "module", docs/luamod.md) on 127.0.0.1:8000; --check: smoke test
+.PHONY: demo-luamod
+demo-luamod: venv
+	cd $(ROOT) && $(VENV)/bin/python -m aioresty.demo --lua-mode module
 
 # Envoy "lua" filter mode benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/luamod.json
 .PHONY: bench-luamod

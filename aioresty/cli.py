@@ -43,6 +43,7 @@ USER_KEYS = {
     "routes": "list of routes (prefix, lua, upstream, prefix_rewrite, timeout, status, body)",
     "upstreams": "name = host:port",
     "max_request_bytes": "largest bridge call body",
+    "lua_mode": "where route scripts run: 'stock' (Envoy's Lua filter, default) or 'module'",
     "pythonpath": "directories added to PYTHONPATH (relative to the config file)",
     "venv": "venv of the Python loader (AIORESTY_VENV)",
 }
@@ -133,6 +134,12 @@ def validate_user_config(user: Any, where: str) -> dict[str, Any]:
     ok = isinstance(pp, list) and all(isinstance(p, str) for p in pp)
     _expect(ok, where, "pythonpath must be a list of directories")
     _expect(isinstance(user.get("venv", ""), str), where, "venv must be a directory")
+    mode = user.get("lua_mode", "stock")
+    if mode not in envoy_config.LUA_MODES:
+        raise UsageError(
+            f"{where}: lua_mode must be one of {', '.join(repr(m) for m in envoy_config.LUA_MODES)}"
+            f", got {mode!r}"
+        )
     mrb = user.get("max_request_bytes", 1)
     _expect(isinstance(mrb, int) and mrb > 0, where, "max_request_bytes must be a positive int")
     return user

@@ -1,6 +1,7 @@
 """The Envoy demo: the seed's Lua block verbatim plus an aioresty app, on stock Envoy.
 
     python -m aioresty.demo [--listen 127.0.0.1:8000] [--concurrency 2] [--check]
+                            [--lua-mode stock|module]
 
 Starts the httpbin stand-in (examples/envoy/httpbin.py) on a free 127.0.0.1
 port, generates the Envoy config from examples/envoy/demo.toml (route
@@ -8,7 +9,10 @@ port, generates the Envoy config from examples/envoy/demo.toml (route
 handlers of examples/python/myapp/handlers.py), runs Envoy in the foreground
 and prints the curl commands to try.  Ctrl-C or SIGTERM stops Envoy and the
 stand-in (by pid).  ``--check`` makes the requests itself, prints the answers
-and exits 0 when they are right, 1 otherwise.
+and exits 0 when they are right, 1 otherwise.  ``--lua-mode module`` runs the
+same two scripts, unchanged, in aioresty's own LuaJIT filter inside the dynamic
+module (docs/luamod.md) instead of Envoy's Lua filter + the bridge cluster
+(the user config's ``lua_mode`` key).
 """
 
 from __future__ import annotations
@@ -187,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
             admin=args.admin,
             upstreams=dict(user.get("upstreams", {}), httpbin=upstream),
         )
+        if args.lua_mode is not None:
+            user["lua_mode"] = args.lua_mode
         config = build_from_user(user, DEMO_TOML.parent, str(DEMO_TOML))
         cfg_path = tmp / "envoy.json"
         cfg_path.write_text(envoy_config.to_yaml(config))
@@ -237,9 +243,12 @@ def run(args: argparse.Namespace) -> int:
             return 0 if _check(base, envoy_log) else 1
 
         short = f"localhost:{port}" if host in ("127.0.0.1", "localhost") else f"{host}:{port}"
+        mode = user.get("lua_mode", "stock")
+        mode_text = f"lua_mode = {mode!r}: {envoy_config.LUA_MODES[mode]}"
         print(
             f"""
 aioresty demo: Envoy (pid {envoy.pid}, --concurrency {args.concurrency}) on {base}
+  scripts run in: {mode_text}
   /httpbin/  the seed's Lua block (examples/envoy/seed.lua), then the httpbin stand-in
              (pid {hb.pid}, {upstream})
   /app/<m>   examples/envoy/app.lua -> async def <m> in examples/python/myapp/handlers.py
@@ -302,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     ap.add_argument("--log-level", default="error", help="Envoy's -l")
+    ap.add_argument(
+        "--lua-mode",
+        choices=sorted(envoy_config.LUA_MODES),
+        default=None,
+        help="where the scripts run: 'stock' (Envoy's Lua filter + the bridge; demo.toml's "
+        "default) or 'module' (aioresty's LuaJIT filter in the dynamic module)",
+    )
     ap.add_argument(
         "--check",
         action="store_true",

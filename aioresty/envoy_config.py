@@ -21,8 +21,20 @@ Functions here return plain dicts (JSON-serialisable; JSON is valid YAML, so
         {"prefix": "/app/", "lua": "app"}  # no upstream: the script must respond()
       ],
       "upstreams": {"httpbin": "127.0.0.1:8080"},
-      "max_request_bytes": 67108864        # optional: largest call body (default 64 MiB)
+      "max_request_bytes": 67108864,       # optional: largest call body (default 64 MiB)
+      "lua_mode": "stock"                  # where route scripts run (LUA_MODES)
     }
+
+``lua_mode`` "stock" (default): Envoy's ``envoy.filters.http.lua`` with one
+``LuaPerRoute`` script per route, calls through the bridge cluster.
+"module": aioresty's own LuaJIT filter (DynamicModuleFilter, filter_name
+"lua", docs/luamod.md): one filter per script, named ``aioresty.lua.<name>``,
+*disabled by default* in the chain and enabled only on the routes naming
+that script (``typed_per_filter_config`` with an empty
+``envoy.config.route.v3.FilterConfig``: Envoy's generic per-route switch, so
+the module needs no per-route config).  A request matching no route, or a
+route without ``lua``, runs no script, as with the stock filter.  No bridge
+cluster is generated in that mode (the scripts' calls yield natively).
 """
 
 from __future__ import annotations
@@ -34,6 +46,11 @@ from typing import Any
 
 from . import paths
 
+LUA_MODES = {
+    "stock": "envoy.filters.http.lua + the aioresty_bridge cluster (docs/envoy.md)",
+    "module": "aioresty's LuaJIT filter inside the dynamic module (docs/luamod.md)",
+}
+LUAMOD_FILTER_PREFIX = "aioresty.lua."
 BRIDGE_CLUSTER = "aioresty_bridge"
 BRIDGE_SINK = "aioresty_bridge_sink"
 MODULE_NAME = "aioresty_envoy"
@@ -182,6 +199,37 @@ def lua_per_route(name: str) -> dict[str, Any]:
         "@type": _T + "envoy.extensions.filters.http.lua.v3.LuaPerRoute", "name": name}}
 
 
+def luamod_filter(name: str, code: str, on_error: str | None = None,
+                  disabled: bool = False) -> dict[str, Any]:
+    """An http_filters entry of aioresty's "lua" mode running ``code`` (inline)."""
+    cfg = {"inline_code": code}
+    if on_error is not None:
+        cfg["on_error"] = on_error
+    entry: dict[str, Any] = {
+        "name": LUAMOD_FILTER_PREFIX + name,
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
+            "filter_name": "lua",
+            "filter_config": {
+                "@type": _T + "google.protobuf.StringValue",
+                # raw UTF-8: the module's JSON reader decodes \uXXXX escapes in the BMP only
+                "value": json.dumps(cfg, ensure_ascii=False),
+            },
+        },
+    }
+    if disabled:
+        entry["disabled"] = True
+    return entry
+
+
+def luamod_enable_per_route(name: str) -> dict[str, Any]:
+    """typed_per_filter_config entry enabling the (disabled by default) filter
+    of script ``name`` on one route: an empty FilterConfig.config."""
+    return {LUAMOD_FILTER_PREFIX + name: {
+        "@type": _T + "envoy.config.route.v3.FilterConfig", "config": {}}}
+
+
 def environment(
     lib_dir: str | os.PathLike[str] | None = None,
     lua_dir: str | os.PathLike[str] | None = None,
@@ -239,6 +287,9 @@ def _read_lua(spec: Any, base: Path) -> str:
 def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """A whole Envoy config from the short user config (module docstring)."""
     base = Path(base_dir)
+    mode = user.get("lua_mode", "stock")
+    if mode not in LUA_MODES:
+        raise ValueError(f"lua_mode must be one of {', '.join(LUA_MODES)}, got {mode!r}")
     scripts = {name: _read_lua(spec, base) for name, spec in (user.get("lua") or {}).items()}
     upstreams: dict[str, str] = dict(user.get("upstreams") or {})
     routes = []
@@ -258,10 +309,15 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
         if r.get("lua"):
             if r["lua"] not in scripts:
                 raise ValueError(f"route {r!r}: unknown lua script {r['lua']!r}")
-            route["typed_per_filter_config"] = lua_per_route(r["lua"])
+            route["typed_per_filter_config"] = (
+                luamod_enable_per_route(r["lua"]) if mode == "module" else lua_per_route(r["lua"]))
         routes.append(route)
     http_filters = []
-    if scripts:
+    if scripts and mode == "module":
+        used = {r["lua"] for r in user.get("routes") or [] if r.get("lua")}
+        http_filters.extend(luamod_filter(name, code, disabled=True)
+                            for name, code in scripts.items() if name in used)
+    elif scripts:
         http_filters.append(lua_filter(scripts))
     http_filters.append({"name": "envoy.filters.http.router", "typed_config": _ROUTER})
     listener = {
@@ -290,6 +346,8 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
     config: dict[str, Any] = {"static_resources": {"listeners": [listener], "clusters": clusters}}
     if user.get("admin"):
         config["admin"] = {"address": _addr(user["admin"])}
+    if mode == "module":
+        return config                   # calls yield inside the module: no bridge
     return merge_bridge(config, int(user.get("max_request_bytes", DEFAULT_MAX_BYTES)))
 
 

@@ -22,6 +22,7 @@ local type = type
 local tostring = tostring
 local setmetatable = setmetatable
 local rawget = rawget
+local rawset = rawset
 local error = error
 
 local _M = { _VERSION = "0.1.0" }
@@ -44,16 +45,24 @@ end
 
 local runtimes = {}     -- per Lua VM: key -> runtime object
 
-local function call(rt, method, req, handle, timeout_ms)
+-- Is rt still usable?  It may have been unloaded elsewhere in the process
+-- (another VM or worker thread shares the runtime).
+local function alive(rt)
     if rt.finished then
-        return false, "task queue is finished"
+        return false
     end
     if C.ar_queue_closed(rt.q) ~= 0 then
-        -- unloaded elsewhere in the process (another VM or worker thread)
         rt.finished = true
         if runtimes[rt.key] == rt then
             runtimes[rt.key] = nil
         end
+        return false
+    end
+    return true
+end
+
+local function call(rt, method, req, handle, timeout_ms)
+    if not alive(rt) then
         return false, "task queue is finished"
     end
     if req ~= nil and type(req) ~= "string" then
@@ -93,11 +102,13 @@ local function unload(self)
 end
 
 local mt = {
-    __index = function(_, k)
+    __index = function(self, k)
         if type(k) ~= "string" then
             return nil
         end
-        return method_for(k)
+        local f = method_for(k)
+        rawset(self, k, f)      -- later rt:k() calls skip this metamethod
+        return f
     end,
 }
 
@@ -136,7 +147,7 @@ function _M.load_ffi(lib, cfg, opts)
     end
     local key = cfg and (lib .. "&" .. cfg) or lib
     local rt = runtimes[key]
-    if rt and not rt.finished and C.ar_queue_closed(rt.q) == 0 then
+    if rt and alive(rt) then
         return rt
     end
     local ad = get_adapter()

@@ -81,6 +81,46 @@ def test_config_of_the_example_validates(tmp_path: Path) -> None:
     assert r2.returncode == 0 and json.loads(r2.stdout) == cfg
 
 
+def module_mode_demo(tmp_path: Path) -> Path:
+    """examples/envoy/demo.toml with lua_mode = "module" (paths made absolute)."""
+    text = DEMO.read_text()
+    for rel in ('"seed.lua"', '"app.lua"', '"../python"'):
+        text = text.replace(rel, json.dumps(str((DEMO.parent / rel.strip('"')).resolve())))
+    path = tmp_path / "demo-module.toml"
+    path.write_text('lua_mode = "module"\n' + text)
+    return path
+
+
+def test_module_mode_config_validates(tmp_path: Path) -> None:
+    """lua_mode = "module": the seed block verbatim in aioresty's own LuaJIT filter
+    (one disabled-by-default filter per script, enabled per route), no bridge."""
+    env = _env()
+    user = module_mode_demo(tmp_path)
+    out = tmp_path / "envoy.yaml"
+    r = aioresty("envoy", "config", str(user), "-o", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(out.read_text())
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    chain = hcm["http_filters"]
+    assert [f["name"] for f in chain] == [
+        "aioresty.lua.seed",
+        "aioresty.lua.app",
+        "envoy.filters.http.router",
+    ]
+    seed_cfg = json.loads(chain[0]["typed_config"]["filter_config"]["value"])
+    assert seed_cfg == {"inline_code": (DEMO.parent / "seed.lua").read_text()}
+    assert {c["name"] for c in cfg["static_resources"]["clusters"]} == {"httpbin"}
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert [set(x["typed_per_filter_config"]) for x in routes] == [
+        {"aioresty.lua.seed"},
+        {"aioresty.lua.app"},
+    ]
+    validate(out, env)
+    r = aioresty("envoy", "run", str(user), "--", "--mode", "validate",
+                 env=dict(env, ENVOY=_envoy()))
+    assert r.returncode == 0 and "OK" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 def test_env_prints_exports() -> None:
     env = _env()
     r = aioresty("envoy", "env", str(DEMO), env=env)
@@ -170,6 +210,7 @@ def test_run_execs_envoy_with_the_config(tmp_path: Path) -> None:
         ("[[routes]]\nprefx = '/'", ".toml", "routes[0]: unknown key 'prefx'"),
         ("[lua]\na = 'missing.lua'", ".toml", "lua script not found"),
         ('{"listen": 1', ".json", "not valid JSON"),
+        ("lua_mode = 'native'", ".toml", "lua_mode must be one of 'stock', 'module'"),
     ],
 )
 def test_bad_input_exits_2(tmp_path: Path, content: str | None, suffix: str, message: str) -> None:

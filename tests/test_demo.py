@@ -27,6 +27,20 @@ def test_envoy_demo_check() -> None:
     assert '"url": "http://localhost' in proc.stdout or "/get" in proc.stdout
 
 
+def test_envoy_demo_check_module_mode() -> None:
+    """make demo-luamod's program: the same seed block and app, unchanged, in aioresty's
+    LuaJIT filter inside the dynamic module (lua_mode = "module")."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioresty.demo", "--check", "--lua-mode", "module",
+         "--listen", f"127.0.0.1:{_free_port()}", "--admin", f"127.0.0.1:{_free_port()}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "hello, envoy, from async Python" in proc.stdout
+    assert "msgpack -> {'sum': 42}" in proc.stdout
+    assert '"url": "http://localhost' in proc.stdout or "/get" in proc.stdout
+
+
 def test_host_demo() -> None:
     proc = subprocess.run(
         [sys.executable, "examples/demo_host.py"], cwd=ROOT, capture_output=True, text=True,

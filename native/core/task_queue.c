@@ -170,9 +170,29 @@ int ar_queue_pending(ar_queue *q)
     return n;
 }
 
+static void wake_fd(ar_queue *q)
+{
+    /* only a runtime that watches the fd (ar_queue_fd) needs the write;
+     * task_poll runtimes are woken by the condition variable */
+    if (!atomic_load(&q->watch_aborts)) return;
+    uint64_t one = 1;
+    ssize_t n;
+    do {
+        n = write(q->efd, &one, sizeof one);
+    } while (n < 0 && errno == EINTR);
+    /* EAGAIN means the counter is at its maximum: already readable. */
+}
+
 int ar_queue_fd(ar_queue *q)
 {
-    atomic_store(&q->watch_aborts, 1);
+    /* From now on posts write the eventfd.  A post before this one armed
+     * wake_pending without writing (no one was watching): write it now. */
+    if (!atomic_exchange(&q->watch_aborts, 1)) {
+        pthread_mutex_lock(&q->mu);
+        int pending = q->wake_pending;
+        pthread_mutex_unlock(&q->mu);
+        if (pending) wake_fd(q);
+    }
     return q->efd;
 }
 
@@ -182,16 +202,6 @@ static int wake_locked(ar_queue *q)
     if (q->wake_pending) return 0;
     q->wake_pending = 1;
     return 1;
-}
-
-static void wake_fd(ar_queue *q)
-{
-    uint64_t one = 1;
-    ssize_t n;
-    do {
-        n = write(q->efd, &one, sizeof one);
-    } while (n < 0 && errno == EINTR);
-    /* EAGAIN means the counter is at its maximum: already readable. */
 }
 
 int ar_task_post(ar_queue *q, ar_task *t)
