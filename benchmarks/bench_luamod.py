@@ -19,9 +19,7 @@ Writes benchmarks/results/luamod.json with
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import bench_seconds, cpu_seconds, median, print_table, write_result
+from benchmarks.common import bench_seconds, median, print_table, run_wrk, write_result
 from tests.envoy_luamod.conftest import PY_ENV, PY_PATH, LuaEnvoy, direct_user, luamod_filter
 
 ROUNDS = 3
@@ -71,36 +69,12 @@ def variants() -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     }
 
 
-def _us(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        return 0.0
-    v = float(m.group(1))
-    return v * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
-
-
-def wrk(port: int, seconds: float) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{CONNECTIONS}",
-            f"-d{seconds:.0f}s",
-            "--latency",
-            f"http://127.0.0.1:{port}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    ).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise SystemExit(f"wrk saw errors:\n{out}")
-    reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _us(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _us(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    return {"requests": reqs, "rps": rps, "p50_us": p50, "p99_us": p99}
+def wrk(port: int, seconds: float, pid: int | None = None) -> dict[str, float]:
+    res = run_wrk(f"http://127.0.0.1:{port}/", seconds, connections=CONNECTIONS,
+                  pids={"envoy": pid} if pid else None)
+    if res["non2xx"] or res["socket_errors"]:
+        raise SystemExit(f"wrk saw errors: {res}")
+    return res
 
 
 def main() -> int:
@@ -124,10 +98,8 @@ def main() -> int:
         for _ in range(ROUNDS):
             for name, e in envs.items():
                 assert e.proc is not None
-                cpu0 = cpu_seconds(e.proc.pid)
-                res = wrk(e.port, seconds)
-                cpu = cpu_seconds(e.proc.pid) - cpu0
-                res["cpu_us_per_req"] = cpu / max(res["requests"], 1) * 1e6
+                res = wrk(e.port, seconds, e.proc.pid)
+                res["cpu_us_per_req"] = res["envoy_cpu_us"]
                 samples.setdefault(name, []).append(res)
     finally:
         for e in envs.values():

@@ -60,8 +60,10 @@ from benchmarks.common import (  # noqa: E402
     CLK_TCK,
     bench_seconds,
     cpu_seconds,
+    free_port,
     median,
     print_table,
+    run_wrk,
     write_result,
 )
 
@@ -190,14 +192,6 @@ http {
 """
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -218,47 +212,9 @@ def stats(port: int) -> dict[str, float]:
     return out
 
 
-_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
-
-
-def _us(text: str) -> float:
-    m = re.fullmatch(r"([0-9.]+)(us|ms|s)", text)
-    if not m:
-        raise ValueError(f"wrk latency {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(out: str) -> dict[str, float]:
-    def find(pattern: str) -> re.Match[str]:
-        m = re.search(pattern, out)
-        if not m:
-            raise RuntimeError(f"wrk output lacks {pattern!r}:\n{out}")
-        return m
-
-    res = {
-        "requests": float(find(r"(\d+) requests in")[1]),
-        "rps": float(find(r"Requests/sec:\s+([0-9.]+)")[1]),
-        "p50_us": _us(find(r"\n\s+50%\s+(\S+)")[1]),
-        "p99_us": _us(find(r"\n\s+99%\s+(\S+)")[1]),
-        "non_2xx": 0.0,
-        "socket_errors": 0.0,
-    }
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        res["non_2xx"] = float(m[1])
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        res["socket_errors"] = float(sum(int(x) for x in m.groups()))
-    return res
-
-
-def run_wrk(port: int, path: str, seconds: float) -> dict[str, float]:
-    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency"]
-    cmd.append(f"http://127.0.0.1:{port}{path}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
-    return parse_wrk(proc.stdout)
+def wrk(port: int, path: str, seconds: float) -> dict[str, float]:
+    return run_wrk(f"http://127.0.0.1:{port}{path}", seconds, connections=CONNECTIONS,
+                   threads=THREADS)
 
 
 class Peer:
@@ -333,10 +289,10 @@ def measure(port: int, worker: int, peer: int, variant: str, seconds: float) -> 
     s0 = stats(port) if uses_runtime else {}
     t0 = thread_cpu(worker)
     w0, p0 = cpu_seconds(worker), cpu_seconds(peer)
-    res = run_wrk(port, f"/{variant}", seconds)
+    res = wrk(port, f"/{variant}", seconds)
     w1, p1 = cpu_seconds(worker), cpu_seconds(peer)
     t1 = thread_cpu(worker)
-    if res["non_2xx"] or res["socket_errors"]:
+    if res["non2xx"] or res["socket_errors"]:
         raise RuntimeError(f"{variant}: errors during the run: {res}")
     n = max(res["requests"], 1.0)
     res["cpu_us_per_req"] = (w1 - w0) / n * 1e6
@@ -433,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         check_bodies(port)
         warm = min(1.0, seconds)
         for variant in chosen:  # starts the runtimes, warms LuaJIT and the pool
-            run_wrk(port, f"/{variant}", warm)
+            wrk(port, f"/{variant}", warm)
         c0 = cpu_seconds(worker)
         time.sleep(1.0)
         idle_ms = (cpu_seconds(worker) - c0) * 1e3
@@ -464,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict[str, Any]] = {}
     for variant, runs in samples.items():
-        keys = [k for k in runs[0] if k not in ("non_2xx", "socket_errors")]
+        keys = [k for k in runs[0] if k not in ("non2xx", "socket_errors")]
         agg: dict[str, Any] = {k: median([run[k] for run in runs]) for k in keys}
         agg["label"] = LABELS[variant]
         agg["runs"] = runs

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
 import statistics
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +49,94 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (nothing of ours listens elsewhere)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll pred() until it is truthy; RuntimeError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            return proc.wait(timeout=5)
+    return proc.returncode
+
+
+# ---------------------------------------------------------------------- wrk
+
+_UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def _us(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise ValueError(f"bad wrk time {text!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """rps, requests, p50_us, p99_us, non2xx, socket_errors of `wrk --latency` output."""
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    n = re.search(r"(\d+) requests in", out)
+    if not m or not n:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    res = {"rps": float(m.group(1)), "requests": float(n.group(1))}
+    for pct in ("50", "99"):
+        p = re.search(rf"^\s+{pct}(?:\.0+)?%\s+(\S+)", out, re.M)
+        if not p:
+            raise RuntimeError(f"no p{pct} in wrk output:\n{out}")
+        res[f"p{pct}_us"] = _us(p.group(1))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non2xx"] = float(bad.group(1)) if bad else 0.0
+    err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = float(sum(int(x) for x in err.groups())) if err else 0.0
+    return res
+
+
+def run_wrk(
+    url: str,
+    seconds: float,
+    *,
+    connections: int = 16,
+    threads: int = 1,
+    headers: dict[str, str] | None = None,
+    pids: dict[str, int] | None = None,
+) -> dict[str, float]:
+    """One wrk run; with `pids`, adds "<name>_cpu_us": that process's CPU per request."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    for k, v in (headers or {}).items():
+        cmd += ["-H", f"{k}: {v}"]
+    cmd.append(url)
+    cpu0 = {k: cpu_seconds(pid) for k, pid in (pids or {}).items()}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in (pids or {}).items()}
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+    res = parse_wrk(proc.stdout)
+    n = max(res["requests"], 1.0)
+    for k, sec in cpu.items():
+        res[f"{k}_cpu_us"] = sec / n * 1e6
+    return res
