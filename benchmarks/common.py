@@ -6,13 +6,12 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.netutil import free_port, wait_until  # noqa: F401 (re-exported)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -52,25 +51,6 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (nothing of ours listens elsewhere)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll pred() until it is truthy; RuntimeError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int | None:

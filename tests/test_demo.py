@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
 from tests.hostlib import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.netutil import free_port
 
 
 def test_envoy_demo_check() -> None:
     """make demo's program: the seed block + the app through real Envoy, checked."""
     proc = subprocess.run(
         [sys.executable, "-m", "aioresty.demo", "--check",
-         "--listen", f"127.0.0.1:{_free_port()}", "--admin", f"127.0.0.1:{_free_port()}"],
+         "--listen", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -32,7 +26,7 @@ def test_envoy_demo_check_module_mode() -> None:
     LuaJIT filter inside the dynamic module (lua_mode = "module")."""
     proc = subprocess.run(
         [sys.executable, "-m", "aioresty.demo", "--check", "--lua-mode", "module",
-         "--listen", f"127.0.0.1:{_free_port()}", "--admin", f"127.0.0.1:{_free_port()}"],
+         "--listen", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

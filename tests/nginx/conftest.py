@@ -18,10 +18,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.netutil import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 LUA_DIR = REPO / "lua"
@@ -59,23 +60,6 @@ def _missing() -> str | None:
     if not (lib_dir() / "libaioresty_nginx.so").is_file():
         return f"libaioresty_nginx.so not built in {lib_dir()}"
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def children(pid: int) -> list[int]:
