@@ -55,6 +55,7 @@ BRIDGE_CLUSTER = "aioresty_bridge"
 BRIDGE_SINK = "aioresty_bridge_sink"
 MODULE_NAME = "aioresty_envoy"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+_UNLIMITED = 2**32 - 1  # circuit-breaker thresholds are uint32
 
 _T = "type.googleapis.com/"
 _HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -140,6 +141,12 @@ def bridge_cluster(
         "type": "STATIC",
         # the largest call body the upstream filter may buffer
         "per_connection_buffer_limit_bytes": max_request_bytes,
+        # Envoy's default thresholds (1024 requests/pending/connections for the
+        # whole cluster, all workers together) would answer the 1025th call in
+        # flight 503 "overflow"; the runtime's queue (max_queue) is the limit
+        "circuit_breakers": {"thresholds": [{
+            "max_connections": _UNLIMITED, "max_pending_requests": _UNLIMITED,
+            "max_requests": _UNLIMITED, "max_retries": _UNLIMITED}]},
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import threading
 import time
 from urllib.parse import quote
@@ -15,7 +16,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.envoy.conftest import PROBE_USER, wait_until
+from tests.envoy.conftest import PROBE_USER, REPO, wait_until
 
 
 def call(env, lib="ffi_c_echo", body=b"", method="echo", cfg=None, t=None, mq=None,
@@ -144,6 +145,31 @@ def test_250_concurrent_clients_matched(probe, lib):
     for i, payload, status, body in res:
         assert status == 200, (i, body[:200])
         assert body == payload, i
+    wait_until(lambda: tasks_alive(probe) == 0, 5, "no task left")
+
+
+def test_more_calls_in_flight_than_envoys_default_circuit_breaker(envoy_factory):
+    """1100 calls held ~1 s each at once (async Python sleeps): Envoy's default
+    cluster thresholds (1024) would answer the rest 503 'overflow'; the bridge
+    cluster lifts them (max_queue is the limit)."""
+    probe = envoy_factory(PROBE_USER, env={"AIORESTY_VENV": sys.prefix},
+                          python_path=[str(REPO)])
+    url = (f"http://127.0.0.1:{probe.port}/call?lib=aioresty&cfg=tests.apps.echoapp"
+           "&method=sleep")
+
+    async def run() -> list[tuple[int, bytes]]:
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            async def one() -> tuple[int, bytes]:
+                async with s.post(url, data=b"1",
+                                  timeout=aiohttp.ClientTimeout(total=60)) as r:
+                    return r.status, await r.read()
+
+            return await asyncio.gather(*(one() for _ in range(1100)))
+
+    res = asyncio.run(run())
+    bad = [r for r in res if r != (200, b"slept")]
+    assert not bad, (len(bad), bad[:3])
     wait_until(lambda: tasks_alive(probe) == 0, 5, "no task left")
 
 
