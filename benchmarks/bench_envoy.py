@@ -29,22 +29,28 @@ from __future__ import annotations
 import http.client
 import os
 import platform
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioresty import cli, envoy_config
-from benchmarks.common import bench_seconds, cpu_seconds, median, print_table, write_result
+from benchmarks.common import (
+    bench_seconds,
+    cpu_seconds,
+    free_port,
+    median,
+    print_table,
+    run_wrk,
+    stop_process,
+    wait_until,
+    write_result,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,12 +106,6 @@ end
 _T = "type.googleapis.com/"
 _HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listener(name: str, port: int, lua: str | None) -> dict[str, Any]:
@@ -168,17 +168,6 @@ def build(ports: dict[str, int], admin: int, sock: str) -> dict[str, Any]:
     return envoy_config.merge_bridge(config)
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def get(port: int, path: str = "/") -> tuple[int, bytes]:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -189,64 +178,11 @@ def get(port: int, path: str = "/") -> tuple[int, bytes]:
         c.close()
 
 
-_UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
-
-
-def _us(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if not m:
-        raise ValueError(f"bad wrk time {text!r}")
-    return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-def parse_wrk(out: str) -> dict[str, float]:
-    res: dict[str, float] = {}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    n = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
-    if not m or not n:
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    res["rps"] = float(m.group(1))
-    res["requests"] = float(n.group(1))
-    for pct in ("50", "99"):
-        p = re.search(rf"^\s+{pct}(?:\.0+)?%\s+(\S+)", out, re.M)
-        if not p:
-            raise RuntimeError(f"no p{pct} in wrk output:\n{out}")
-        res[f"p{pct}_us"] = _us(p.group(1))
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    res["non2xx"] = float(bad.group(1)) if bad else 0.0
-    err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    res["socket_errors"] = float(sum(int(x) for x in err.groups())) if err else 0.0
+def wrk(port: int, seconds: int, pids: dict[str, int]) -> dict[str, float]:
+    res = run_wrk(f"http://127.0.0.1:{port}/", seconds, connections=CONNECTIONS, pids=pids)
+    for k in pids:
+        res[f"{k}_cpu_us_per_req"] = res.pop(f"{k}_cpu_us")
     return res
-
-
-def run_wrk(port: int, seconds: int, pids: dict[str, int]) -> dict[str, float]:
-    cmd = [
-        "wrk",
-        "-t1",
-        f"-c{CONNECTIONS}",
-        f"-d{seconds}s",
-        "--latency",
-        f"http://127.0.0.1:{port}/",
-    ]
-    cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
-    res = parse_wrk(out.stdout)
-    n = max(res["requests"], 1.0)
-    for k, sec in cpu.items():
-        res[f"{k}_cpu_us_per_req"] = sec / n * 1e6
-    return res
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            return proc.wait(timeout=5)
-    return proc.returncode
 
 
 def main() -> int:
@@ -307,12 +243,12 @@ def main() -> int:
         idle = {k: (cpu_seconds(p) - idle0[k]) / 2.0 * 1e3 for k, p in pids.items()}
         print(f"idle CPU (ms/s): envoy {idle['envoy']:.1f}, sidecar {idle['sidecar']:.1f}")
         for v in VARIANTS:  # warm-up (Lua VMs, runtimes, connection pools)
-            run_wrk(ports[v], 1, pids)
+            wrk(ports[v], 1, pids)
 
         samples: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
         for rnd in range(ROUNDS):
             for v in VARIANTS:
-                res = run_wrk(ports[v], seconds, pids)
+                res = wrk(ports[v], seconds, pids)
                 samples[v].append(res)
                 print(
                     f"round {rnd + 1} {v:8} {res['rps']:9.0f} req/s  p50 {res['p50_us']:7.0f} us"
@@ -322,12 +258,12 @@ def main() -> int:
                 )
         if envoy.poll() is not None:
             raise RuntimeError(f"envoy died during the run ({envoy.returncode})")
-        rc = stop(envoy)
+        rc = stop_process(envoy)
         if rc != 0:
             print(f"warning: envoy exited {rc} on SIGTERM", file=sys.stderr)
     finally:
         for p in reversed(procs):
-            stop(p)
+            stop_process(p)
         for f in logs:
             f.close()
         shutil.rmtree(tmp, ignore_errors=True)
