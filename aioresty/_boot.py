@@ -51,8 +51,12 @@ def start_app(spec: str, tq: int) -> int:
         runtime.start(app, tq, spec)
     except Exception:
         return _fail(f"cannot start runtime for '{spec}'")
-    log.info("runtime '%s' serving %d handler(s): %s", spec, len(app.handlers),
-             ", ".join(sorted(app.handlers)))
+    log.info(
+        "runtime '%s' serving %d handler(s): %s",
+        spec,
+        len(app.handlers),
+        ", ".join(sorted(app.handlers)),
+    )
     return 0
 
 

@@ -119,8 +119,9 @@ def bridge_sink_listener(name: str = BRIDGE_SINK) -> dict[str, Any]:
                                     }
                                 ]
                             },
-                            "http_filters": [{"name": "envoy.filters.http.router",
-                                              "typed_config": _ROUTER}],
+                            "http_filters": [
+                                {"name": "envoy.filters.http.router", "typed_config": _ROUTER}
+                            ],
                         },
                     }
                 ]
@@ -144,16 +145,28 @@ def bridge_cluster(
         # Envoy's default thresholds (1024 requests/pending/connections for the
         # whole cluster, all workers together) would answer the 1025th call in
         # flight 503 "overflow"; the runtime's queue (max_queue) is the limit
-        "circuit_breakers": {"thresholds": [{
-            "max_connections": _UNLIMITED, "max_pending_requests": _UNLIMITED,
-            "max_requests": _UNLIMITED, "max_retries": _UNLIMITED}]},
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": _UNLIMITED,
+                    "max_pending_requests": _UNLIMITED,
+                    "max_requests": _UNLIMITED,
+                    "max_retries": _UNLIMITED,
+                }
+            ]
+        },
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": {"envoy_internal_address": {
-                            "server_listener_name": sink}}}}
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "envoy_internal_address": {"server_listener_name": sink}
+                                }
+                            }
+                        }
                     ]
                 }
             ],
@@ -190,8 +203,9 @@ def bridge_cluster(
     }
 
 
-def lua_filter(source_codes: dict[str, str] | None = None, default: str | None = None
-               ) -> dict[str, Any]:
+def lua_filter(
+    source_codes: dict[str, str] | None = None, default: str | None = None
+) -> dict[str, Any]:
     """An ``envoy.filters.http.lua`` filter with named scripts (inline text)."""
     cfg: dict[str, Any] = {"@type": _T + "envoy.extensions.filters.http.lua.v3.Lua"}
     if default is not None:
@@ -202,12 +216,17 @@ def lua_filter(source_codes: dict[str, str] | None = None, default: str | None =
 
 
 def lua_per_route(name: str) -> dict[str, Any]:
-    return {"envoy.filters.http.lua": {
-        "@type": _T + "envoy.extensions.filters.http.lua.v3.LuaPerRoute", "name": name}}
+    return {
+        "envoy.filters.http.lua": {
+            "@type": _T + "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+            "name": name,
+        }
+    }
 
 
-def luamod_filter(name: str, code: str, on_error: str | None = None,
-                  disabled: bool = False) -> dict[str, Any]:
+def luamod_filter(
+    name: str, code: str, on_error: str | None = None, disabled: bool = False
+) -> dict[str, Any]:
     """An http_filters entry of aioresty's "lua" mode running ``code`` (inline)."""
     cfg = {"inline_code": code}
     if on_error is not None:
@@ -233,8 +252,12 @@ def luamod_filter(name: str, code: str, on_error: str | None = None,
 def luamod_enable_per_route(name: str) -> dict[str, Any]:
     """typed_per_filter_config entry enabling the (disabled by default) filter
     of script ``name`` on one route: an empty FilterConfig.config."""
-    return {LUAMOD_FILTER_PREFIX + name: {
-        "@type": _T + "envoy.config.route.v3.FilterConfig", "config": {}}}
+    return {
+        LUAMOD_FILTER_PREFIX + name: {
+            "@type": _T + "envoy.config.route.v3.FilterConfig",
+            "config": {},
+        }
+    }
 
 
 def environment(
@@ -255,7 +278,8 @@ def environment(
     env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = lib
     env["AIORESTY_LIB_DIR"] = lib
     env["AIORESTY_LIB_PATH"] = lib + (
-        ":" + env["AIORESTY_LIB_PATH"] if env.get("AIORESTY_LIB_PATH") else "")
+        ":" + env["AIORESTY_LIB_PATH"] if env.get("AIORESTY_LIB_PATH") else ""
+    )
     env["LUA_PATH"] = f"{lua}/?.lua;{lua}/?/init.lua;" + env.get("LUA_PATH", ";")
     if python_path:
         old = env.get("PYTHONPATH")
@@ -263,8 +287,9 @@ def environment(
     return env
 
 
-def merge_bridge(config: dict[str, Any], max_request_bytes: int = DEFAULT_MAX_BYTES
-                 ) -> dict[str, Any]:
+def merge_bridge(
+    config: dict[str, Any], max_request_bytes: int = DEFAULT_MAX_BYTES
+) -> dict[str, Any]:
     """Adds the bridge cluster, its sink listener and the bootstrap extension
     to an existing Envoy config dict (in place; also returned).  Idempotent."""
     exts = config.setdefault("bootstrap_extensions", [])
@@ -311,50 +336,69 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
             route["route"] = act
         else:
             # the script answers with respond(); this is only reached if it did not
-            route["direct_response"] = {"status": int(r.get("status", 200)),
-                                        "body": {"inline_string": r.get("body", "")}}
+            route["direct_response"] = {
+                "status": int(r.get("status", 200)),
+                "body": {"inline_string": r.get("body", "")},
+            }
         if r.get("lua"):
             if r["lua"] not in scripts:
                 raise ValueError(f"route {r!r}: unknown lua script {r['lua']!r}")
             route["typed_per_filter_config"] = (
-                luamod_enable_per_route(r["lua"]) if mode == "module" else lua_per_route(r["lua"]))
+                luamod_enable_per_route(r["lua"]) if mode == "module" else lua_per_route(r["lua"])
+            )
         routes.append(route)
     http_filters = []
     if scripts and mode == "module":
         used = {r["lua"] for r in user.get("routes") or [] if r.get("lua")}
-        http_filters.extend(luamod_filter(name, code, disabled=True)
-                            for name, code in scripts.items() if name in used)
+        http_filters.extend(
+            luamod_filter(name, code, disabled=True)
+            for name, code in scripts.items()
+            if name in used
+        )
     elif scripts:
         http_filters.append(lua_filter(scripts))
     http_filters.append({"name": "envoy.filters.http.router", "typed_config": _ROUTER})
     listener = {
         "name": "aioresty_main",
         "address": _addr(user.get("listen", "127.0.0.1:8000")),
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": _HCM,
-                "stat_prefix": "aioresty_main",
-                "route_config": {"virtual_hosts": [
-                    {"name": "all", "domains": ["*"], "routes": routes}]},
-                "http_filters": http_filters,
-            },
-        }]}],
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": _HCM,
+                            "stat_prefix": "aioresty_main",
+                            "route_config": {
+                                "virtual_hosts": [
+                                    {"name": "all", "domains": ["*"], "routes": routes}
+                                ]
+                            },
+                            "http_filters": http_filters,
+                        },
+                    }
+                ]
+            }
+        ],
     }
     clusters = []
     for name, hostport in upstreams.items():
-        clusters.append({
-            "name": name,
-            "connect_timeout": "2s",
-            "type": "STATIC",
-            "load_assignment": {"cluster_name": name, "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _addr(hostport)}}]}]},
-        })
+        clusters.append(
+            {
+                "name": name,
+                "connect_timeout": "2s",
+                "type": "STATIC",
+                "load_assignment": {
+                    "cluster_name": name,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(hostport)}}]}],
+                },
+            }
+        )
     config: dict[str, Any] = {"static_resources": {"listeners": [listener], "clusters": clusters}}
     if user.get("admin"):
         config["admin"] = {"address": _addr(user["admin"])}
     if mode == "module":
-        return config                   # calls yield inside the module: no bridge
+        return config  # calls yield inside the module: no bridge
     return merge_bridge(config, int(user.get("max_request_bytes", DEFAULT_MAX_BYTES)))
 
 

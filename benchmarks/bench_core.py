@@ -65,10 +65,16 @@ def main() -> int:
             for key in ("calls_per_s", "p50_us", "p99_us", "cpu_us_per_call")
         }
         results[f"{variant}_{size_name}"] = agg
-        rows.append([
-            variant, size_name, f"{agg['calls_per_s']:,.0f}", f"{agg['p50_us']:.1f}",
-            f"{agg['p99_us']:.1f}", f"{agg['cpu_us_per_call']:.2f}",
-        ])
+        rows.append(
+            [
+                variant,
+                size_name,
+                f"{agg['calls_per_s']:,.0f}",
+                f"{agg['p50_us']:.1f}",
+                f"{agg['p99_us']:.1f}",
+                f"{agg['cpu_us_per_call']:.2f}",
+            ]
+        )
     ratios = {
         f"python_vs_c_{s}": round(
             results[f"python_{s}"]["calls_per_s"] / results[f"c_{s}"]["calls_per_s"], 3
@@ -85,8 +91,13 @@ def main() -> int:
             "benchmark": "core",
             "ratios": ratios,
             "results": results,
-            "params": {"threads": THREADS, "window": WINDOW, "seconds": seconds,
-                       "rounds": ROUNDS, "sizes": SIZES},
+            "params": {
+                "threads": THREADS,
+                "window": WINDOW,
+                "seconds": seconds,
+                "rounds": ROUNDS,
+                "sizes": SIZES,
+            },
             "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         },
     )

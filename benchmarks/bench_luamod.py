@@ -70,8 +70,12 @@ def variants() -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
 
 
 def wrk(port: int, seconds: float, pid: int | None = None) -> dict[str, float]:
-    res = run_wrk(f"http://127.0.0.1:{port}/", seconds, connections=CONNECTIONS,
-                  pids={"envoy": pid} if pid else None)
+    res = run_wrk(
+        f"http://127.0.0.1:{port}/",
+        seconds,
+        connections=CONNECTIONS,
+        pids={"envoy": pid} if pid else None,
+    )
     if res["non2xx"] or res["socket_errors"]:
         raise SystemExit(f"wrk saw errors: {res}")
     return res

@@ -213,8 +213,9 @@ def stats(port: int) -> dict[str, float]:
 
 
 def wrk(port: int, path: str, seconds: float) -> dict[str, float]:
-    return run_wrk(f"http://127.0.0.1:{port}{path}", seconds, connections=CONNECTIONS,
-                   threads=THREADS)
+    return run_wrk(
+        f"http://127.0.0.1:{port}{path}", seconds, connections=CONNECTIONS, threads=THREADS
+    )
 
 
 class Peer:

@@ -57,8 +57,13 @@ def crc(data: bytes) -> int:
 class Host:
     """One ar_testhost process; send() writes a command, returns its result line."""
 
-    def __init__(self, exe: Path, core: Path = CORE, env: dict[str, str] | None = None,
-                 wrapper: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        exe: Path,
+        core: Path = CORE,
+        env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
+    ) -> None:
         self.proc = subprocess.Popen(
             [*(wrapper or []), str(exe), str(core)],
             stdin=subprocess.PIPE,
@@ -135,6 +140,9 @@ def parse_answer(line: str) -> Answer:
     if not m:
         raise AssertionError(f"not an answer: {line!r}")
     return Answer(
-        rc=int(m[1]), nil=m[2] == "1", length=int(m[3]), crc=int(m[4], 16),
+        rc=int(m[1]),
+        nil=m[2] == "1",
+        length=int(m[3]),
+        crc=int(m[4], 16),
         data=bytes.fromhex(m[5]),
     )

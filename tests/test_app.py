@@ -81,7 +81,9 @@ def test_load_app_errors() -> None:
 def test_cli_paths() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "aioresty.cli", "paths", "--json"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     info = json.loads(out)
     from pathlib import Path

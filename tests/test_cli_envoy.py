@@ -116,8 +116,9 @@ def test_module_mode_config_validates(tmp_path: Path) -> None:
         {"aioresty.lua.app"},
     ]
     validate(out, env)
-    r = aioresty("envoy", "run", str(user), "--", "--mode", "validate",
-                 env=dict(env, ENVOY=_envoy()))
+    r = aioresty(
+        "envoy", "run", str(user), "--", "--mode", "validate", env=dict(env, ENVOY=_envoy())
+    )
     assert r.returncode == 0 and "OK" in r.stdout + r.stderr, r.stdout + r.stderr
 
 

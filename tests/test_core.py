@@ -230,8 +230,12 @@ def test_hot_reload_with_question_mark(host: Host, tmp_path) -> None:
     ("lib", "cfg", "expect_err", "expect_log"),
     [
         ("no_such_lib", "-", "cannot load runtime library 'no_such_lib'", None),
-        ("aioresty", "tests.apps.missing_mod", "libffi_init of 'aioresty'",
-         "ModuleNotFoundError: No module named 'tests.apps.missing_mod'"),
+        (
+            "aioresty",
+            "tests.apps.missing_mod",
+            "libffi_init of 'aioresty'",
+            "ModuleNotFoundError: No module named 'tests.apps.missing_mod'",
+        ),
         ("aioresty", "tests.apps.broken", "failed: rc=1", "ZeroDivisionError"),
         ("aioresty", "tests.apps.echoapp:nope", "failed: rc=1", "has no attribute 'nope'"),
         ("aioresty", "not-a-module!", "failed: rc=1", "bad app spec"),

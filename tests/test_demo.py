@@ -12,9 +12,20 @@ from tests.netutil import free_port
 def test_envoy_demo_check() -> None:
     """make demo's program: the seed block + the app through real Envoy, checked."""
     proc = subprocess.run(
-        [sys.executable, "-m", "aioresty.demo", "--check",
-         "--listen", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "aioresty.demo",
+            "--check",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--admin",
+            f"127.0.0.1:{free_port()}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "hello, envoy, from async Python" in proc.stdout
@@ -25,9 +36,22 @@ def test_envoy_demo_check_module_mode() -> None:
     """make demo-luamod's program: the same seed block and app, unchanged, in aioresty's
     LuaJIT filter inside the dynamic module (lua_mode = "module")."""
     proc = subprocess.run(
-        [sys.executable, "-m", "aioresty.demo", "--check", "--lua-mode", "module",
-         "--listen", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "aioresty.demo",
+            "--check",
+            "--lua-mode",
+            "module",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--admin",
+            f"127.0.0.1:{free_port()}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "hello, envoy, from async Python" in proc.stdout
@@ -37,7 +61,10 @@ def test_envoy_demo_check_module_mode() -> None:
 
 def test_host_demo() -> None:
     proc = subprocess.run(
-        [sys.executable, "examples/demo_host.py"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "examples/demo_host.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

@@ -42,9 +42,14 @@ alive
 def test_core_under_valgrind(testhost_exe: Path) -> None:
     proc = subprocess.run(
         [
-            "valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
-            "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
-            "--fair-sched=yes", str(testhost_exe), str(CORE),
+            "valgrind",
+            "--leak-check=full",
+            "--show-leak-kinds=definite,indirect",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--error-exitcode=99",
+            "--fair-sched=yes",
+            str(testhost_exe),
+            str(CORE),
         ],
         input=SCRIPT + "exit\n",
         capture_output=True,

@@ -18,15 +18,27 @@ def test_fresh_venv_with_aioresty_installed(tmp_path: Path, testhost_exe: Path) 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     # this project's pip, installing into the new venv (non-editable, native build included)
-    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-           "--disable-pip-version-check"]
-    subprocess.run([*pip, str(ROOT), str(ROOT / "tests" / "apps" / "venvapp")], check=True,
-                   timeout=600)
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(venv / "bin" / "python"),
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+    ]
+    subprocess.run(
+        [*pip, str(ROOT), str(ROOT / "tests" / "apps" / "venvapp")], check=True, timeout=600
+    )
     site = next((venv / "lib").glob("python3*/site-packages"))
     core = site / "aioresty" / "_lib" / "libaioresty_core.so"
     assert core.is_file()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "AIORESTY_VENV", "PYTHONPATH", "PYTHONHOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "AIORESTY_VENV", "PYTHONPATH", "PYTHONHOME")
+    }
     h = Host(testhost_exe, core=core, env=env)
     try:
         h.ok("load v aioresty venvapp_handlers")

@@ -54,8 +54,14 @@ class Envoy:
     """One Envoy process.  `user` is envoy_config.build_config's short config;
     listen/admin ports are filled in."""
 
-    def __init__(self, tmp: Path, user: dict[str, Any], concurrency: int = 1,
-                 env: dict[str, str] | None = None, python_path: list[str] | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        user: dict[str, Any],
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        python_path: list[str] | None = None,
+    ):
         self.tmp = tmp
         self.port = free_port()
         self.admin_port = free_port()
@@ -64,8 +70,9 @@ class Envoy:
         self.config_path = tmp / "envoy.yaml"
         self.config_path.write_text(envoy_config.to_yaml(self.config))
         self.log_path = tmp / "envoy.log"
-        self.env = envoy_config.environment(lib_dir=build_dir(), lua_dir=REPO / "lua",
-                                            python_path=python_path)
+        self.env = envoy_config.environment(
+            lib_dir=build_dir(), lua_dir=REPO / "lua", python_path=python_path
+        )
         lib_path = [str(tmp)]
         if self.env.get("AIORESTY_LIB_PATH"):
             lib_path.append(self.env["AIORESTY_LIB_PATH"])
@@ -75,12 +82,22 @@ class Envoy:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> Envoy:
-        cmd = [envoy_binary(), "-c", str(self.config_path), "--concurrency",
-               str(self.concurrency), "--disable-hot-restart", "-l", "info",
-               "--log-format", "[%L] %v"]
+        cmd = [
+            envoy_binary(),
+            "-c",
+            str(self.config_path),
+            "--concurrency",
+            str(self.concurrency),
+            "--disable-hot-restart",
+            "-l",
+            "info",
+            "--log-format",
+            "[%L] %v",
+        ]
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=self.tmp)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.tmp
+        )
 
         def ready() -> bool:
             if self.proc.poll() is not None:
@@ -113,9 +130,14 @@ class Envoy:
                 out[s["name"]] = int(s["value"])
         return out
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 10.0
-                ) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[int, dict[str, str], bytes]:
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             c.request(method, path, body=body, headers=headers or {})
@@ -150,9 +172,23 @@ class Envoy:
 def slow_runtime(tmp_path: Path) -> str:
     """Builds tests/envoy/slow_runtime.c as <tmp>/libffi_slow.so; returns 'ffi_slow'."""
     out = tmp_path / "libffi_slow.so"
-    subprocess.run(["cc", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-o",
-                    str(out), str(HERE / "slow_runtime.c"), "-lpthread"], check=True,
-                   timeout=60)
+    subprocess.run(
+        [
+            "cc",
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-o",
+            str(out),
+            str(HERE / "slow_runtime.c"),
+            "-lpthread",
+        ],
+        check=True,
+        timeout=60,
+    )
     return "ffi_slow"
 
 

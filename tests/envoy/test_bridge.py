@@ -19,8 +19,7 @@ import pytest
 from tests.envoy.conftest import PROBE_USER, REPO, wait_until
 
 
-def call(env, lib="ffi_c_echo", body=b"", method="echo", cfg=None, t=None, mq=None,
-         timeout=10.0):
+def call(env, lib="ffi_c_echo", body=b"", method="echo", cfg=None, t=None, mq=None, timeout=10.0):
     q = f"/call?lib={quote(lib)}&method={quote(method)}"
     if cfg is not None:
         q += f"&cfg={quote(cfg)}"
@@ -130,10 +129,14 @@ def test_no_request_reaches_a_socket(probe):
 async def _many(port: int, n: int, lib: str, timeout: float = 30.0):
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as s:
+
         async def one(i: int):
             payload = f"request-{i}-".encode() * (1 + i % 7)
-            async with s.post(f"http://127.0.0.1:{port}/call?lib={lib}", data=payload,
-                              timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with s.post(
+                f"http://127.0.0.1:{port}/call?lib={lib}",
+                data=payload,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as r:
                 return i, payload, r.status, await r.read()
 
         return await asyncio.gather(*(one(i) for i in range(n)))
@@ -152,17 +155,15 @@ def test_more_calls_in_flight_than_envoys_default_circuit_breaker(envoy_factory)
     """1100 calls held ~1 s each at once (async Python sleeps): Envoy's default
     cluster thresholds (1024) would answer the rest 503 'overflow'; the bridge
     cluster lifts them (max_queue is the limit)."""
-    probe = envoy_factory(PROBE_USER, env={"AIORESTY_VENV": sys.prefix},
-                          python_path=[str(REPO)])
-    url = (f"http://127.0.0.1:{probe.port}/call?lib=aioresty&cfg=tests.apps.echoapp"
-           "&method=sleep")
+    probe = envoy_factory(PROBE_USER, env={"AIORESTY_VENV": sys.prefix}, python_path=[str(REPO)])
+    url = f"http://127.0.0.1:{probe.port}/call?lib=aioresty&cfg=tests.apps.echoapp&method=sleep"
 
     async def run() -> list[tuple[int, bytes]]:
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=conn) as s:
+
             async def one() -> tuple[int, bytes]:
-                async with s.post(url, data=b"1",
-                                  timeout=aiohttp.ClientTimeout(total=60)) as r:
+                async with s.post(url, data=b"1", timeout=aiohttp.ClientTimeout(total=60)) as r:
                     return r.status, await r.read()
 
             return await asyncio.gather(*(one() for _ in range(1100)))
@@ -181,9 +182,12 @@ def test_concurrency_2_shares_one_runtime(envoy_factory, slow_runtime, tmp_path)
     res = asyncio.run(_many(env.port, 100, slow_runtime + "&cfg=5"))
     assert all(s == 200 and b == p for _, p, s, b in res)
     st = env.stats()
-    workers = [v for k, v in st.items()
-               if k.startswith(f"listener.127.0.0.1_{env.port}.worker_")
-               and k.endswith(".downstream_cx_total")]
+    workers = [
+        v
+        for k, v in st.items()
+        if k.startswith(f"listener.127.0.0.1_{env.port}.worker_")
+        and k.endswith(".downstream_cx_total")
+    ]
     assert len(workers) == 2 and all(v > 0 for v in workers), workers
     assert st["http.aioresty_bridge_sink.downstream_rq_total"] == 0
     # both workers' Lua VMs loaded `ffi_slow&5`: the runtime started once
@@ -192,10 +196,13 @@ def test_concurrency_2_shares_one_runtime(envoy_factory, slow_runtime, tmp_path)
 
 def test_client_aborts_under_load(probe, slow_runtime):
     """Clients that disconnect mid-call leak nothing and do not crash Envoy."""
+
     def abort_one():
         s = socket.create_connection(("127.0.0.1", probe.port), timeout=5)
-        s.sendall(f"POST /call?lib={slow_runtime}&cfg=50 HTTP/1.1\r\nHost: x\r\n"
-                  "Content-Length: 3\r\n\r\nabc".encode())
+        s.sendall(
+            f"POST /call?lib={slow_runtime}&cfg=50 HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 3\r\n\r\nabc".encode()
+        )
         time.sleep(0.02)
         s.close()
 
@@ -219,8 +226,10 @@ def test_sigterm_with_calls_in_flight(envoy_factory, slow_runtime):
     socks = []
     for _ in range(20):
         s = socket.create_connection(("127.0.0.1", env.port), timeout=5)
-        s.sendall(f"POST /call?lib={slow_runtime}&cfg=1000 HTTP/1.1\r\nHost: x\r\n"
-                  "Content-Length: 2\r\n\r\nhi".encode())
+        s.sendall(
+            f"POST /call?lib={slow_runtime}&cfg=1000 HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 2\r\n\r\nhi".encode()
+        )
         socks.append(s)
     time.sleep(0.2)
     t0 = time.monotonic()
@@ -238,8 +247,9 @@ def test_bad_bridge_request_is_rejected(probe):
     assert status == 200
     assert (h["x-status"], h["x-aioresty-error"]) == ("400", "bad-request")
     # and the generated config never routes downstream traffic to the bridge
-    for vh in probe.config["static_resources"]["listeners"][0]["filter_chains"][0][
-            "filters"][0]["typed_config"]["route_config"]["virtual_hosts"]:
+    for vh in probe.config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"]:
         for r in vh["routes"]:
             assert r.get("route", {}).get("cluster") != "aioresty_bridge"
 

@@ -91,11 +91,16 @@ def test_missing_library_and_unload(app):
 
 async def _many(port, n, method="suspend_echo"):
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
         async def one(i):
             payload = f"req-{i}-".encode() * (1 + i % 5)
-            async with s.post(f"http://127.0.0.1:{port}/py/{method}", data=payload,
-                              timeout=aiohttp.ClientTimeout(total=30)) as r:
+            async with s.post(
+                f"http://127.0.0.1:{port}/py/{method}",
+                data=payload,
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as r:
                 return payload, r.status, await r.read()
+
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
@@ -122,8 +127,7 @@ def test_client_aborts_cancel_handlers(app):
 
 
 def test_sigterm_with_python_calls_in_flight(envoy_factory):
-    env = envoy_factory(USER, concurrency=2, env={"AIORESTY_VENV": sys.prefix},
-                        python_path=PY_PATH)
+    env = envoy_factory(USER, concurrency=2, env={"AIORESTY_VENV": sys.prefix}, python_path=PY_PATH)
     assert post(env, "echo", b"warm")[0] == 200
     socks = []
     for _ in range(10):

@@ -18,9 +18,11 @@ SEED = REPO / "examples" / "envoy" / "seed.lua"
 @pytest.fixture
 def httpbin():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "examples/envoy/httpbin.py"),
-                             "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "examples/envoy/httpbin.py"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
     def up() -> bool:
         try:
@@ -63,8 +65,9 @@ def test_seed_block_is_verbatim():
 
 @pytest.mark.parametrize("concurrency", [1, 2])
 def test_seed_demo_httpbin_get(envoy_factory, httpbin, concurrency):
-    env = envoy_factory(seed_user(httpbin), concurrency=concurrency, env=python_env(),
-                        python_path=PY_PATH)
+    env = envoy_factory(
+        seed_user(httpbin), concurrency=concurrency, env=python_env(), python_path=PY_PATH
+    )
     for _ in range(6):  # several connections: both workers on --concurrency 2
         status, _h, body = env.request("GET", "/httpbin/get")
         assert status == 200, (status, body[:500], env.log()[-3000:])
@@ -101,6 +104,11 @@ def test_demo_config_validates(tmp_path):
     path = tmp_path / "demo.yaml"
     path.write_text(ec.to_yaml(cfg))
     env = ec.environment(lib_dir=build_dir(), lua_dir=REPO / "lua")
-    r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -47,8 +47,9 @@ def test_generated_module_config_shape() -> None:
     assert all(f.get("disabled") is True for f in chain[:2])
     assert chain[0]["typed_config"]["filter_name"] == "lua"
     # no stock Lua filter, no bridge pieces
-    assert envoy_config.BRIDGE_CLUSTER not in {c["name"] for c in
-                                               cfg["static_resources"]["clusters"]}
+    assert envoy_config.BRIDGE_CLUSTER not in {
+        c["name"] for c in cfg["static_resources"]["clusters"]
+    }
     assert "bootstrap_extensions" not in cfg
     routes = hcm(cfg)["route_config"]["virtual_hosts"][0]["routes"]
     assert set(routes[0]["typed_per_filter_config"]) == {"aioresty.lua.a"}
