@@ -32,23 +32,16 @@
  * never runs `scheduled`: the task is aborted there (the Python runtime
  * cancels its handler) and the late answer is dropped.
  *
- * Trust: x-aioresty-q carries a raw pointer into this process.  Only Lua
+ * Trust: :authority carries a raw pointer into this process.  Only Lua
  * code running in this Envoy can reach the bridge cluster (httpCall); a
  * route must never send downstream traffic to it (aioresty's generated
  * config does not).
  *
  * Threads and ownership:
- *   - bridge_filter is created and destroyed on its worker thread.  Once a
- *     task is posted it is shared with the runtime thread that answers it,
- *     so it is reference counted: one reference for the filter side (dropped
- *     in on_http_filter_destroy), one for the completion sink (dropped by the
- *     sink after its commit).  The last one frees it.
- *   - the scheduler is created on the worker before posting; its deletion
- *     belongs to whoever makes the last use: the sink (after commit) when the
- *     post succeeded, the worker when it failed.  Deleted exactly once.
- *   - `mu` orders the sink's commit against filter destroy: after destroy
- *     returns, no commit for this filter is in flight or will happen, so a
- *     worker dispatcher torn down at shutdown is never posted to.
+ *   - bridge_filter is created, used and freed on its worker thread only.
+ *     What the runtime thread needs (the scheduler, the "destroyed" state)
+ *     is the stream's ar_link (stream_link.h), reference counted between the
+ *     filter and the posted task's completion sink.
  *   - the ar_task: the host reference is owned by the worker side and
  *     released on the worker (`scheduled`, or destroy); the runtime's
  *     reference is the core's business.
@@ -65,6 +58,7 @@
 
 #include "aioresty_core.h"
 #include "envoy_mode.h"
+#include "stream_link.h"
 
 #define HDR_RC "x-aioresty-rc"
 #define HDR_NIL "x-aioresty-nil"
@@ -78,41 +72,14 @@ typedef struct bridge_config {
 
 typedef struct bridge_filter {
     ar_mode_base base;
-    atomic_int refs;            /* filter side + sink side once posted */
-    pthread_mutex_t mu;         /* guards `destroyed` against the sink's commit */
-    int destroyed;              /* filter destroy ran (worker), guarded by mu */
-    void *fe;                   /* Envoy's filter pointer; worker thread only */
-    void *sched;                /* see the ownership notes above */
+    void *fe;                   /* Envoy's filter pointer */
+    ar_link *link;              /* the filter's reference; created at the post */
     ar_task *task;              /* host reference; worker thread only */
     ar_queue *q;                /* borrowed from the Lua caller for the call's duration */
     char method[128];
     size_t method_len;
     int posted;                 /* the task reached the queue; worker only */
 } bridge_filter;
-
-static void filter_unref(bridge_filter *f)
-{
-    if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) != 1) return;
-    pthread_mutex_destroy(&f->mu);
-    free(f);
-}
-
-/* Completion sink: runs on the runtime thread that answered, exactly once per
- * posted task.  Must not touch Envoy objects other than the scheduler. */
-static void on_task_complete(ar_task *t, void *ctx)
-{
-    (void)ctx;
-    bridge_filter *f = ar_task_host_data(t);
-    void *sched = f->sched;
-    pthread_mutex_lock(&f->mu);
-    if (!f->destroyed) envoy_dynamic_module_callback_http_filter_scheduler_commit(sched, 1);
-    pthread_mutex_unlock(&f->mu);
-    /* last use of the scheduler: the commit (if any) holds only a weak ref */
-    envoy_dynamic_module_callback_http_filter_scheduler_delete(sched);
-    filter_unref(f);                                    /* the sink's reference */
-}
-
-static const ar_sink g_sink = {on_task_complete, NULL};
 
 /* ------------------------------------------------------------ replies */
 
@@ -129,26 +96,23 @@ static void reply_error(void *fe, uint32_t status, const char *code)
 /* Posts the task with the request bytes `req` (copied by the core). */
 static void post_call(bridge_filter *f, const char *req, size_t req_len)
 {
-    ar_task *t = ar_task_new(f->method, f->method_len, req, req_len, &g_sink, f);
+    if (!f->link && !(f->link = ar_link_new(f->fe))) {
+        reply_error(f->fe, 503, "nomem");
+        return;
+    }
+    ar_task *t = ar_task_new(f->method, f->method_len, req, req_len, &ar_link_sink, f->link);
     if (!t) {
         reply_error(f->fe, 503, "nomem");
         return;
     }
-    /* scheduler before posting: the sink may run before ar_task_post returns */
-    f->sched = envoy_dynamic_module_callback_http_filter_scheduler_new(f->fe);
     f->task = t;
-    atomic_fetch_add(&f->refs, 1);                      /* the sink's reference */
-    int rc = ar_task_post(f->q, t);
+    int rc = ar_link_post(f->link, f->q, t);
     f->q = NULL;                                        /* not used past the post */
     if (rc == AR_OK) {
         f->posted = 1;
         return;
     }
-    /* Not posted: the sink will never run; its reference and the scheduler
-     * are ours to drop, and the task is still only ours. */
-    envoy_dynamic_module_callback_http_filter_scheduler_delete(f->sched);
-    f->sched = NULL;
-    atomic_fetch_sub(&f->refs, 1);                      /* cannot reach 0: filter side holds one */
+    /* not posted: the sink never runs; the task is still only ours */
     f->task = NULL;
     ar_task_release(t);
     reply_error(f->fe, 503, rc == AR_EFULL ? "full" : rc == AR_ECLOSED ? "closed" : "invalid");
@@ -230,8 +194,6 @@ static void *bridge_filter_new(void *cfg, void *fe)
     bridge_filter *f = calloc(1, sizeof *f);
     if (!f) return NULL;
     f->base.mode = &ar_mode_bridge;
-    atomic_init(&f->refs, 1);
-    pthread_mutex_init(&f->mu, NULL);
     f->fe = fe;
     return f;
 }
@@ -319,16 +281,14 @@ static void bridge_filter_destroy(void *fm)
 {
     bridge_filter *f = fm;
     if (!f) return;
-    pthread_mutex_lock(&f->mu);
-    f->destroyed = 1;               /* no commit after this point */
-    pthread_mutex_unlock(&f->mu);
+    if (f->link) ar_link_detach(f->link);               /* no commit after this point */
     if (f->task) {
         /* the waiter is gone (timeout, reset): tell the runtime, drop our ref */
         if (f->posted && !ar_task_done(f->task)) ar_task_abort(f->task);
         ar_task_release(f->task);
-        f->task = NULL;
     }
-    filter_unref(f);                                    /* the filter side's reference */
+    if (f->link) ar_link_unref(f->link);                /* the filter's reference */
+    free(f);
 }
 
 const ar_mode ar_mode_bridge = {

@@ -34,7 +34,7 @@
  *     coroutine through a registry reference (dropped, never resumed, when
  *     the stream goes away), the captured respond() reply, and the host
  *     reference of its pending ar_task (released on the worker).
- *   - lm_link: the part of a filter shared with other threads (completion
+ *   - ar_link: the part of a filter shared with other threads (completion
  *     sinks on runtime threads, the timeout thread).  Reference counted: the
  *     filter holds one, each posted task one (dropped by its sink), each
  *     armed timeout one.  It owns the filter's scheduler: created on the
@@ -58,6 +58,7 @@
 #include <lualib.h>
 
 #include "aioresty_core.h"
+#include "stream_link.h"
 #include "envoy_mode.h"
 
 #define MB(s) ((mod_buf){(s), sizeof(s) - 1})
@@ -95,13 +96,6 @@ typedef struct lm_config {
     atomic_ulong n_states, n_resumes, n_errors, n_stale;
 } lm_config;
 
-typedef struct lm_link {
-    atomic_int refs;
-    pthread_mutex_t mu;
-    int detached;               /* guarded by mu */
-    void *sched;                /* see the ownership notes */
-} lm_link;
-
 typedef struct lm_filter {
     ar_mode_base base;
     lm_config *cfg;
@@ -117,7 +111,7 @@ typedef struct lm_filter {
     int replied;                /* we sent a local reply */
     int eos[2];                 /* end of stream seen, per direction */
     int responded;              /* respond() captured a reply */
-    lm_link *link;              /* NULL until the first call */
+    ar_link *link;              /* NULL until the first call */
     ar_task *task;              /* pending call (host reference), or NULL */
     uint64_t task_id;
     int has_timer;
@@ -142,42 +136,6 @@ static __thread lm_filter *tl_current;
 
 /* ------------------------------------------------------------ links */
 
-static lm_link *link_new(void *fe)
-{
-    lm_link *l = calloc(1, sizeof *l);
-    if (!l) return NULL;
-    atomic_init(&l->refs, 1);
-    pthread_mutex_init(&l->mu, NULL);
-    l->sched = envoy_dynamic_module_callback_http_filter_scheduler_new(fe);
-    return l;
-}
-
-static void link_unref(lm_link *l)
-{
-    if (atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) != 1) return;
-    /* last reference: no commit can follow */
-    if (l->sched) envoy_dynamic_module_callback_http_filter_scheduler_delete(l->sched);
-    pthread_mutex_destroy(&l->mu);
-    free(l);
-}
-
-static void link_commit(lm_link *l, uint64_t ev)
-{
-    pthread_mutex_lock(&l->mu);
-    if (!l->detached && l->sched) envoy_dynamic_module_callback_http_filter_scheduler_commit(l->sched, ev);
-    pthread_mutex_unlock(&l->mu);
-}
-
-/* Event ids: task id << 1 | 0 = answered, | 1 = timed out. */
-static void on_task_complete(ar_task *t, void *ctx)
-{
-    (void)ctx;
-    lm_link *l = ar_task_host_data(t);
-    link_commit(l, ar_task_id(t) << 1);
-    link_unref(l);                                  /* the sink's reference */
-}
-
-static const ar_sink g_sink = {on_task_complete, NULL};
 
 /* ------------------------------------------------------------ timeouts
  * One process-wide thread, started on the first call with a timeout.  Each
@@ -186,7 +144,7 @@ static const ar_sink g_sink = {on_task_complete, NULL};
 typedef struct lm_timer {
     struct lm_timer *prev, *next;
     struct timespec at;
-    lm_link *link;
+    ar_link *link;
     uint64_t ev;
 } lm_timer;
 
@@ -220,8 +178,8 @@ static void *timer_main(void *arg)
         if (g_thead) g_thead->prev = NULL;
         else g_ttail = NULL;
         pthread_mutex_unlock(&g_tmu);
-        link_commit(t->link, t->ev);
-        link_unref(t->link);                        /* the entry's reference */
+        ar_link_commit(t->link, t->ev);
+        ar_link_unref(t->link);                        /* the entry's reference */
         free(t);
         pthread_mutex_lock(&g_tmu);
     }
@@ -254,7 +212,7 @@ static int timer_start_locked(void)
 }
 
 /* Arms a timeout; takes a new link reference on success. */
-static int timer_add(lm_link *l, uint64_t ev, double ms)
+static int timer_add(ar_link *l, uint64_t ev, double ms)
 {
     lm_timer *t = calloc(1, sizeof *t);
     if (!t) return -1;
@@ -274,7 +232,7 @@ static int timer_add(lm_link *l, uint64_t ev, double ms)
         free(t);
         return -1;
     }
-    atomic_fetch_add(&l->refs, 1);
+    ar_link_ref(l);
     lm_timer *p = g_ttail;                          /* equal timeouts: O(1) from the tail */
     while (p && !ts_le(&p->at, &t->at)) p = p->prev;
     t->prev = p;
@@ -289,7 +247,7 @@ static int timer_add(lm_link *l, uint64_t ev, double ms)
 }
 
 /* Disarms the timeout (link, ev) if it has not fired yet. */
-static void timer_cancel(lm_link *l, uint64_t ev)
+static void timer_cancel(ar_link *l, uint64_t ev)
 {
     lm_timer *found = NULL;
     pthread_mutex_lock(&g_tmu);
@@ -305,7 +263,7 @@ static void timer_cancel(lm_link *l, uint64_t ev)
     }
     pthread_mutex_unlock(&g_tmu);
     if (found) {
-        link_unref(found->link);
+        ar_link_unref(found->link);
         free(found);
     }
 }
@@ -915,22 +873,20 @@ static int l_call(lua_State *L)
     if (f->task || f->wait != W_NONE) return luaL_error(L, "aioresty: another call is pending");
     if (qn <= 0) return luaL_error(L, "aioresty: bad runtime queue");
     ar_queue *q = (ar_queue *)(uintptr_t)qn;
-    if (!f->link && !(f->link = link_new(f->fe))) {
+    if (!f->link && !(f->link = ar_link_new(f->fe))) {
         lua_pushnil(L);
         lua_pushliteral(L, "out of memory");
         return 2;
     }
-    ar_task *t = ar_task_new(m, ml, req, rl, &g_sink, f->link);
+    ar_task *t = ar_task_new(m, ml, req, rl, &ar_link_sink, f->link);
     if (!t) {
         lua_pushnil(L);
         lua_pushliteral(L, "out of memory");
         return 2;
     }
-    atomic_fetch_add(&f->link->refs, 1);            /* the sink's reference */
-    int rc = ar_task_post(q, t);
+    int rc = ar_link_post(f->link, q, t);
     if (rc != AR_OK) {
-        /* not posted: the sink never runs; its reference and the task are ours */
-        atomic_fetch_sub(&f->link->refs, 1);        /* cannot reach 0: the filter holds one */
+        /* not posted: the sink never runs; the task is only ours */
         ar_task_release(t);
         lua_pushnil(L);
         lua_pushstring(L, rc == AR_EFULL     ? "post failed, queue full"
@@ -1367,15 +1323,11 @@ static void *lm_filter_new(void *cfg, void *fe)
 static void lm_filter_destroy(void *fm)
 {
     lm_filter *f = fm;
-    if (f->link) {
-        pthread_mutex_lock(&f->link->mu);
-        f->link->detached = 1;                      /* no commit after this point */
-        pthread_mutex_unlock(&f->link->mu);
-    }
+    if (f->link) ar_link_detach(f->link);           /* no commit after this point */
     abandon_call(f);                                /* stream reset while a call is pending */
     if (f->co) drop_coroutine(f);                   /* never resumed; the GC collects it */
     free(f->rstore);
-    if (f->link) link_unref(f->link);               /* the filter's reference */
+    if (f->link) ar_link_unref(f->link);               /* the filter's reference */
     free(f);
 }
 

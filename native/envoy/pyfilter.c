@@ -37,20 +37,12 @@
  *   info      "RBSC": four '0'/'1' - on_request, request body, on_response,
  *             response body.
  *
- * Threads and ownership (bridge.c's pattern):
- *   - py_filter is created and destroyed on its worker thread.  While a task
- *     is posted it is shared with the runtime thread that answers it, so it
- *     is reference counted: one reference for the filter side (dropped in
- *     on_http_filter_destroy), one per posted task for the completion sink
- *     (dropped by the sink after its commit).  The last one frees it.
- *   - one scheduler per posted task, created on the worker right before the
- *     post; deleted exactly once: by the sink after its commit when the post
- *     succeeded, by the worker when it failed.  At most one task is pending
- *     per filter, and the sink reads f->sched before committing (the worker
- *     replaces it only after `scheduled`, which follows the commit).
- *   - `mu` orders the sink's commit against filter destroy: once destroy
- *     returned, no commit for this filter happens (a reset stream calls
- *     destroy and never `scheduled`).
+ * Threads and ownership:
+ *   - py_filter is created, used and freed on its worker thread only.  What
+ *     the runtime thread needs (the scheduler, the "destroyed" state) is the
+ *     stream's ar_link (stream_link.h), created at the first post and
+ *     reference counted between the filter and each posted task's sink; a
+ *     reset stream calls destroy and never `scheduled`.
  *   - the ar_task: the host reference belongs to the worker side and is
  *     released on the worker (`scheduled`, or destroy - which also aborts it
  *     so the runtime cancels the handler); the runtime's reference is the
@@ -70,6 +62,7 @@
 
 #include "aioresty_core.h"
 #include "envoy_mode.h"
+#include "stream_link.h"
 
 #define EXPORT __attribute__((visibility("default")))
 #define MB(s) ((mod_buf){(s), sizeof(s) - 1})
@@ -118,41 +111,15 @@ enum {
 
 typedef struct py_filter {
     ar_mode_base base;
-    atomic_int refs;         /* filter side + one per posted task (sink) */
-    pthread_mutex_t mu;      /* guards `destroyed` against the sink's commit */
-    int destroyed;           /* guarded by mu */
     void *fe;                /* worker only */
     const py_app *app;       /* NULL: disabled here; worker only */
     int state;               /* worker only */
-    void *sched;             /* scheduler of the pending task; see above */
+    ar_link *link;           /* the filter's reference; NULL before the first post */
     ar_task *task;           /* pending/answered task, host reference; worker only */
 } py_filter;
 
 /* ------------------------------------------------------------ refcount, sink */
 
-static void filter_unref(py_filter *f)
-{
-    if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) != 1) return;
-    pthread_mutex_destroy(&f->mu);
-    free(f);
-}
-
-/* Completion sink: runtime thread, exactly once per posted task.  Touches no
- * Envoy object but the scheduler. */
-static void on_task_complete(ar_task *t, void *ctx)
-{
-    (void)ctx;
-    py_filter *f = ar_task_host_data(t);
-    void *sched = f->sched;  /* this task's: replaced only after `scheduled` */
-    pthread_mutex_lock(&f->mu);
-    if (!f->destroyed) envoy_dynamic_module_callback_http_filter_scheduler_commit(sched, 1);
-    pthread_mutex_unlock(&f->mu);
-    /* last use of this scheduler: a queued commit holds only a weak ref */
-    envoy_dynamic_module_callback_http_filter_scheduler_delete(sched);
-    filter_unref(f);  /* the sink's reference */
-}
-
-static const ar_sink g_sink = {on_task_complete, NULL};
 
 /* ------------------------------------------------------------ msgpack out */
 
@@ -688,22 +655,16 @@ static int post_phase(py_filter *f, int phase, int with_body)
     if (w.oom) goto failed;
 
     const char *method = phase == PHASE_REQUEST ? "__filter_request" : "__filter_response";
-    ar_task *t = ar_task_new(method, strlen(method), w.p, w.len, &g_sink, f);
+    if (!f->link && !(f->link = ar_link_new(fe))) goto failed;
+    ar_task *t = ar_task_new(method, strlen(method), w.p, w.len, &ar_link_sink, f->link);
     free(w.p);
     w.p = NULL;
     if (!t) goto failed;
-    /* scheduler before posting: the sink may run before ar_task_post returns */
-    f->sched = envoy_dynamic_module_callback_http_filter_scheduler_new(fe);
     f->task = t;
     f->state = phase == PHASE_REQUEST ? ST_REQ_PENDING : ST_RESP_PENDING;
-    atomic_fetch_add(&f->refs, 1);  /* the sink's reference */
-    rc = ar_task_post(f->app->q, t);
+    rc = ar_link_post(f->link, f->app->q, t);
     if (rc == AR_OK) return 0;
-    /* Not posted: the sink never runs; its reference and the scheduler are
-     * ours to drop and the task is only ours. */
-    envoy_dynamic_module_callback_http_filter_scheduler_delete(f->sched);
-    f->sched = NULL;
-    atomic_fetch_sub(&f->refs, 1);  /* cannot reach 0: the filter side holds one */
+    /* not posted: the sink never runs; the task is only ours */
     f->task = NULL;
     ar_task_release(t);
     code = rc == AR_EFULL ? "full" : rc == AR_ECLOSED ? "closed" : "post";
@@ -738,8 +699,6 @@ static void *py_filter_new(void *cfg, void *fe)
     py_filter *f = calloc(1, sizeof *f);
     if (!f) return NULL;
     f->base.mode = &ar_mode_python;
-    atomic_init(&f->refs, 1);
-    pthread_mutex_init(&f->mu, NULL);
     f->fe = fe;
     f->app = &c->app;
     return f;
@@ -927,7 +886,6 @@ static void py_scheduled(void *fe, void *fm, uint64_t id)
     ar_task *t = f->task;
     if (!t || !ar_task_done(t)) return;
     f->task = NULL;  /* `t` is this function's to release */
-    f->sched = NULL; /* deleted by the sink */
     f->fe = fe;
     int phase = f->state == ST_REQ_PENDING ? PHASE_REQUEST : PHASE_RESPONSE;
     int rc = ar_task_rc(t);
@@ -959,16 +917,14 @@ static void py_filter_destroy(void *fm)
 {
     py_filter *f = as_filter(fm);
     if (!f) return;
-    pthread_mutex_lock(&f->mu);
-    f->destroyed = 1;  /* no commit after this point */
-    pthread_mutex_unlock(&f->mu);
+    if (f->link) ar_link_detach(f->link);  /* no commit after this point */
     if (f->task) {
         /* the stream is gone (client abort, reset): the runtime cancels */
         if (!ar_task_done(f->task)) ar_task_abort(f->task);
         ar_task_release(f->task);
-        f->task = NULL;
     }
-    filter_unref(f);  /* the filter side's reference */
+    if (f->link) ar_link_unref(f->link);  /* the filter's reference */
+    free(f);
 }
 
 const ar_mode ar_mode_python = {
