@@ -268,12 +268,13 @@ def environment(
 ) -> dict[str, str]:
     """The environment Envoy must run with (module search path, Lua path, ...).
 
-    lib_dir holds libaioresty_envoy.so, libaioresty_core.so and the runtimes;
+    lib_dir (default $AIORESTY_LIB_DIR, else the package's) holds
+    libaioresty_envoy.so, libaioresty_core.so and the runtimes;
     the Lua filter's LuaJIT reads LUA_PATH; core.lua reads AIORESTY_LIB_DIR;
     the core resolves runtime names through AIORESTY_LIB_PATH.
     """
     env = dict(os.environ if base is None else base)
-    lib = str(Path(lib_dir) if lib_dir else paths.lib_dir())
+    lib = str(Path(lib_dir or os.environ.get("AIORESTY_LIB_DIR") or paths.lib_dir()))
     lua = str(Path(lua_dir) if lua_dir else paths.lua_dir())
     env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = lib
     env["AIORESTY_LIB_DIR"] = lib
