@@ -56,6 +56,7 @@ lint: venv
 
 test: venv
 	$(VENV)/bin/ruff check aioresty tests benchmarks examples
+	cd $(ROOT) && $(VENV)/bin/mypy
 	cd $(ROOT) && AIORESTY_NO_SKIP=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 # The seed's Envoy demo on 127.0.0.1:8000 (foreground; Ctrl-C stops it).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
@@ -19,7 +19,7 @@ from typing import Any, Literal
 import msgpack
 
 Codec = Literal["bytes", "msgpack"]
-HandlerFn = Callable[[Any], Awaitable[Any]]
+HandlerFn = Callable[[Any], Coroutine[Any, Any, Any]]
 
 # rc values answered to Lua (ok == false, res_or_rc == rc, err == message).
 RC_ERROR = 1  # the handler raised

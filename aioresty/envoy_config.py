@@ -348,7 +348,7 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
                 luamod_enable_per_route(r["lua"]) if mode == "module" else lua_per_route(r["lua"])
             )
         routes.append(route)
-    http_filters = []
+    http_filters: list[dict[str, Any]] = []
     if scripts and mode == "module":
         used = {r["lua"] for r in user.get("routes") or [] if r.get("lua")}
         http_filters.extend(

@@ -288,7 +288,8 @@ def register(app: Any, phase: Phase, fn: _F | None, body: bool, eager: bool) -> 
     """``App.on_request`` / ``App.on_response`` (usable bare or with options)."""
 
     def add(f: _F) -> _F:
-        if not inspect.iscoroutinefunction(f):
+        checked: Any = f  # the check narrows its argument's type; keep f's
+        if not inspect.iscoroutinefunction(checked):
             raise TypeError(f"aioresty filter hooks must be 'async def' functions, got {f!r}")
         app._filter_hooks[phase].append(FilterHook(f, phase, body, eager))
         app._filter_handlers.clear()

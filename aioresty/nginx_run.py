@@ -256,7 +256,7 @@ def _serve(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stops.append(signum)
 
-    handlers: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+    handlers: dict[signal.Signals, Callable[[int, FrameType | None], object] | int | None] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         handlers[sig] = signal.signal(sig, on_signal)
     rc = 1
