@@ -4,17 +4,24 @@ Envoy Lua filter through resty_ffi and the bridge."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
-import threading
 import time
 
-import aiohttp
-import msgpack
 import pytest
 
-from tests.envoy.conftest import REPO, wait_until
+from tests.envoy.conftest import REPO
+from tests.lua_api_cases import (  # noqa: F401 (collected here: the cases run in this mode)
+    _many,
+    post,
+    test_binary_with_nuls_and_one_mebibyte,
+    test_client_aborts_cancel_handlers,
+    test_exception_is_false_with_message,
+    test_handler_timeout,
+    test_msgpack_arguments,
+    test_per_call_timeout_cancels_handler,
+    test_unknown_method,
+)
 
 USER = {"lua": {"app": "lua/app_calls.lua"}, "routes": [{"prefix": "/", "lua": "app"}]}
 PY_PATH = [str(REPO), str(REPO / "examples" / "python")]
@@ -25,58 +32,12 @@ def app(envoy_factory):
     return envoy_factory(USER, env={"AIORESTY_VENV": sys.prefix}, python_path=PY_PATH)
 
 
-def post(env, method, body=b"", q="", timeout=15.0):
-    return env.request("POST", f"/py/{method}{'?' + q if q else ''}", body=body, timeout=timeout)
-
-
 def test_echo_and_str_result(app):
     assert post(app, "echo", b"hello")[::2] == (200, b"hello")
     assert post(app, "upper", b"abc")[::2] == (200, b"ABC")
     status, h, body = post(app, "nothing", b"")
     # None answers "" (as on nginx)
     assert (status, h["x-nil"], body) == (200, "0", b"")
-
-
-def test_msgpack_arguments(app):
-    status, _, body = post(app, "add", msgpack.packb({"a": 2, "b": 40}))
-    assert status == 200
-    assert msgpack.unpackb(body) == {"sum": 42, "echo": {"a": 2, "b": 40}}
-
-
-def test_exception_is_false_with_message(app):
-    status, h, body = post(app, "fail", b"xyz")
-    assert status == 502 and h["x-rc"] == "1"
-    assert b"bad input" in body and b"xyz" in body
-    status, h, body = post(app, "refuse")
-    assert (status, h["x-rc"], body) == (502, "42", b"custom refusal")
-
-
-def test_unknown_method(app):
-    status, h, body = post(app, "no_such_method")
-    assert status == 502 and h["x-rc"] == "2"
-    assert b"no_such_method" in body
-
-
-def test_binary_and_one_mebibyte(app):
-    data = b"\x00\x01\x00binary\xff\x00" * 100
-    assert post(app, "echo", data)[::2] == (200, data)
-    big = os.urandom(1 << 20)
-    status, _, body = post(app, "echo", big, timeout=30)
-    assert status == 200 and body == big
-
-
-def test_per_call_timeout_cancels_handler(app):
-    t0 = time.monotonic()
-    status, _h, body = post(app, "sleep", b"5", q="t=150")
-    assert time.monotonic() - t0 < 2
-    assert status == 502 and b"timeout" in body
-    wait_until(lambda: "sleep cancelled" in app.log(), 5, "handler cancelled")
-    assert post(app, "echo", b"after")[::2] == (200, b"after")
-
-
-def test_handler_timeout(app):
-    status, h, _body = post(app, "short_timeout")
-    assert status == 502 and h["x-rc"] == "3"
 
 
 def test_missing_library_and_unload(app):
@@ -89,41 +50,9 @@ def test_missing_library_and_unload(app):
     assert post(app, "echo", b"again", q="cfg=tests.apps.echoapp")[::2] == (200, b"again")
 
 
-async def _many(port, n, method="suspend_echo"):
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-
-        async def one(i):
-            payload = f"req-{i}-".encode() * (1 + i % 5)
-            async with s.post(
-                f"http://127.0.0.1:{port}/py/{method}",
-                data=payload,
-                timeout=aiohttp.ClientTimeout(total=30),
-            ) as r:
-                return payload, r.status, await r.read()
-
-        return await asyncio.gather(*(one(i) for i in range(n)))
-
-
 def test_250_concurrent_clients_matched(app):
     res = asyncio.run(_many(app.port, 250))
     assert all(s == 200 and b == p for p, s, b in res)
-
-
-def test_client_aborts_cancel_handlers(app):
-    def abort_one():
-        s = socket.create_connection(("127.0.0.1", app.port), timeout=5)
-        s.sendall(b"POST /py/sleep HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n5")
-        time.sleep(0.3)
-        s.close()
-
-    ths = [threading.Thread(target=abort_one) for _ in range(30)]
-    for th in ths:
-        th.start()
-    res = asyncio.run(_many(app.port, 100))
-    for th in ths:
-        th.join(10)
-    assert all(s == 200 and b == p for p, s, b in res)
-    wait_until(lambda: app.log().count("sleep cancelled") >= 30, 10, "30 cancellations")
 
 
 def test_sigterm_with_python_calls_in_flight(envoy_factory):

@@ -5,20 +5,19 @@ LuaJIT, calls yield natively (no httpCall, no bridge cluster)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import threading
-import time
 
-import aiohttp
-import msgpack
-
-from tests.envoy.conftest import wait_until
 from tests.envoy_luamod.conftest import HANDLE_API, direct_user, luamod_filter
-
-
-def post(env, method, body=b"", q="", timeout=15.0):
-    return env.request("POST", f"/py/{method}{'?' + q if q else ''}", body=body, timeout=timeout)
+from tests.lua_api_cases import (  # noqa: F401 (collected here: the cases run in this mode)
+    _many,
+    post,
+    test_binary_with_nuls_and_one_mebibyte,
+    test_client_aborts_cancel_handlers,
+    test_exception_is_false_with_message,
+    test_handler_timeout,
+    test_msgpack_arguments,
+    test_per_call_timeout_cancels_handler,
+    test_unknown_method,
+)
 
 
 def test_echo_upper_nothing_and_c_runtime(app):
@@ -29,48 +28,6 @@ def test_echo_upper_nothing_and_c_runtime(app):
     assert post(app, "echo", b"c runtime", q="lib=ffi_c_echo")[::2] == (200, b"c runtime")
     # no request went through a bridge cluster
     assert app.stats().get("cluster.aioresty_bridge.upstream_rq_total", 0) == 0
-
-
-def test_msgpack_arguments(app):
-    status, _, body = post(app, "add", msgpack.packb({"a": 2, "b": 40}))
-    assert status == 200
-    assert msgpack.unpackb(body) == {"sum": 42, "echo": {"a": 2, "b": 40}}
-
-
-def test_exception_is_false_with_message(app):
-    status, h, body = post(app, "fail", b"xyz")
-    assert status == 502 and h["x-rc"] == "1"
-    assert b"bad input" in body and b"xyz" in body
-    status, h, body = post(app, "refuse")
-    assert (status, h["x-rc"], body) == (502, "42", b"custom refusal")
-
-
-def test_unknown_method(app):
-    status, h, body = post(app, "no_such_method")
-    assert status == 502 and h["x-rc"] == "2"
-    assert b"no_such_method" in body
-
-
-def test_binary_with_nuls_and_one_mebibyte(app):
-    data = b"\x00\x01\x00binary\xff\x00" * 100
-    assert post(app, "echo", data)[::2] == (200, data)
-    big = os.urandom(1 << 20)
-    status, _, body = post(app, "echo", big, timeout=30)
-    assert status == 200 and body == big
-
-
-def test_per_call_timeout_cancels_handler(app):
-    t0 = time.monotonic()
-    status, _h, body = post(app, "sleep", b"5", q="t=150")
-    assert time.monotonic() - t0 < 2
-    assert status == 502 and b"timeout" in body
-    wait_until(lambda: "sleep cancelled" in app.log(), 5, "handler cancelled")
-    assert post(app, "echo", b"after")[::2] == (200, b"after")
-
-
-def test_handler_timeout(app):
-    status, h, _body = post(app, "short_timeout")
-    assert status == 502 and h["x-rc"] == "3"
 
 
 def test_two_runtimes_one_request(app):
@@ -86,44 +43,11 @@ def test_missing_library_and_unload_then_call(app):
     assert post(app, "echo", b"again", q="cfg=tests.apps.echoapp")[::2] == (200, b"again")
 
 
-async def _many(port, n, method="suspend_echo", q=""):
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-
-        async def one(i):
-            payload = f"req-{i}-".encode() * (1 + i % 5)
-            async with s.post(
-                f"http://127.0.0.1:{port}/py/{method}{q}",
-                data=payload,
-                timeout=aiohttp.ClientTimeout(total=30),
-            ) as r:
-                return payload, r.status, await r.read()
-
-        return await asyncio.gather(*(one(i) for i in range(n)))
-
-
 def test_250_concurrent_clients_matched(app):
     res = asyncio.run(_many(app.port, 250))
     assert all(s == 200 and b == p for p, s, b in res)
     res = asyncio.run(_many(app.port, 200, "echo", "?lib=ffi_c_echo"))
     assert all(s == 200 and b == p for p, s, b in res)
-
-
-def test_client_aborts_cancel_handlers(app):
-    def abort_one():
-        s = socket.create_connection(("127.0.0.1", app.port), timeout=5)
-        s.sendall(b"POST /py/sleep HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n5")
-        time.sleep(0.3)
-        s.close()
-
-    ths = [threading.Thread(target=abort_one) for _ in range(30)]
-    for th in ths:
-        th.start()
-    res = asyncio.run(_many(app.port, 100))
-    for th in ths:
-        th.join(10)
-    assert all(s == 200 and b == p for p, s, b in res)
-    wait_until(lambda: app.log().count("sleep cancelled") >= 30, 10, "30 cancellations")
-    assert app.proc.poll() is None
 
 
 def test_private_luajit_is_used(luamod_factory):
