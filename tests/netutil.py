@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import os
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,3 +31,35 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request to 127.0.0.1:port on a fresh connection: (status, headers, body),
+    header names lower-cased."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float, what: str) -> int:
+    """SIGTERM by pid and wait; a process still there after `timeout` is killed
+    and the test fails (a hang at shutdown is a bug)."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+        raise AssertionError(f"{what} did not exit {timeout}s after SIGTERM") from None

@@ -4,11 +4,9 @@ pid; every wait is bounded."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 
 from aioresty import envoy_config
-from tests.netutil import free_port, wait_until
+from tests.netutil import free_port, http_request, terminate, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -114,13 +112,8 @@ class Envoy:
         return self.log_path.read_text(errors="replace")
 
     def admin(self, path: str) -> tuple[int, str]:
-        c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
-        try:
-            c.request("GET", path)
-            r = c.getresponse()
-            return r.status, r.read().decode()
-        finally:
-            c.close()
+        status, _, body = http_request(self.admin_port, "GET", path, timeout=5)
+        return status, body.decode()
 
     def stats(self) -> dict[str, int]:
         _, text = self.admin("/stats?format=json")
@@ -138,28 +131,15 @@ class Envoy:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
     ) -> tuple[int, dict[str, str], bytes]:
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            c.request(method, path, body=body, headers=headers or {})
-            r = c.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            c.close()
+        return http_request(self.port, method, path, body, headers, timeout)
 
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM by pid; returns the exit code (fails the test on a hang)."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
         try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-            raise AssertionError(f"envoy did not exit {timeout}s after SIGTERM") from None
+            return terminate(self.proc, timeout, "envoy")
         finally:
             self._log.close()
-        return rc
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

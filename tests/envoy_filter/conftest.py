@@ -5,8 +5,6 @@ processes are stopped by pid."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +17,7 @@ import pytest
 
 from aioresty import envoy_config, envoy_filters
 from tests.envoy.conftest import REPO, build_dir, envoy_binary, free_port, wait_until
+from tests.netutil import http_request, terminate
 
 APP = "tests.envoy_filter.filterapp:app"
 BODY_APP = "tests.envoy_filter.filterapp:body_app"
@@ -110,7 +109,6 @@ class FilterEnvoy:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> FilterEnvoy:
-        import http.client
 
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -137,11 +135,7 @@ class FilterEnvoy:
             if self.proc.poll() is not None:
                 raise AssertionError(f"envoy exited {self.proc.returncode}:\n{self.log()}")
             try:
-                c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=2)
-                c.request("GET", "/ready")
-                ok = c.getresponse().status == 200
-                c.close()
-                return ok
+                return http_request(self.admin_port, "GET", "/ready", timeout=2)[0] == 200
             except OSError:
                 return False
 
@@ -157,17 +151,10 @@ class FilterEnvoy:
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
         try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-            raise AssertionError(f"envoy did not exit {timeout}s after SIGTERM") from None
+            return terminate(self.proc, timeout, "envoy")
         finally:
             self._log.close()
-        return rc
 
 
 ROUTES: list[dict[str, Any]] = [

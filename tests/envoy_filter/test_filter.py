@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import socket
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from tests.envoy.conftest import wait_until
 from tests.envoy_filter.conftest import FilterEnvoy, Upstream
+from tests.netutil import http_request
 
 AUTH = {"authorization": "Bearer ok"}
 
@@ -27,13 +27,7 @@ def req(
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> tuple[int, dict[str, str], bytes]:
-    c = http.client.HTTPConnection("127.0.0.1", env.port, timeout=timeout)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        c.close()
+    return http_request(env.port, method, path, body, headers, timeout)
 
 
 def echoed(body: bytes) -> dict[str, Any]:

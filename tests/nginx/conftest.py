@@ -10,7 +10,6 @@ repository checkout (PYTHONPATH) in the venv given by AIORESTY_VENV / VIRTUAL_EN
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import signal
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netutil import free_port, wait_until
+from tests.netutil import free_port, http_request, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 LUA_DIR = REPO / "lua"
@@ -228,19 +227,8 @@ http {{
         timeout: float = 15.0,
     ):
         """(status, headers dict, body) of one request on a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(
-                method or ("POST" if body is not None else "GET"),
-                path,
-                body=body,
-                headers=headers or {},
-            )
-            r = conn.getresponse()
-            data = r.read()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-        finally:
-            conn.close()
+        verb = method or ("POST" if body is not None else "GET")
+        return http_request(self.port, verb, path, body, headers, timeout)
 
 
 @pytest.fixture
