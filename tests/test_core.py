@@ -269,6 +269,17 @@ def test_many_host_threads(py: Host) -> None:
     assert py.send("stress p suspend_echo 4 500 10 32", 120) == "stress ok=2000 mismatch=0 errors=0"
 
 
+@pytest.mark.parametrize("rt", ["p", "c", "l"])
+def test_batched_posts_one_wake_per_round(host: Host, rt: str) -> None:
+    # ar_task_post_nowake + one ar_queue_wake per round (the Envoy module's
+    # end-of-iteration wake): eventfd (Python), task_poll on a condition
+    # variable (C), and the legacy Python poller thread.  A lost wake hangs.
+    host.ok(f"load p aioresty {APP}")
+    host.ok("load c ffi_c_echo -")
+    host.ok("load l resty_ffi_python ffi.echo?,init")
+    assert host.send(f"bstress {rt} echo 4 1500 24 8", 120) == "stress ok=6000 mismatch=0 errors=0"
+
+
 def test_two_runtimes_side_by_side(host: Host) -> None:
     host.ok(f"load p aioresty {APP}")
     host.ok("load l resty_ffi_python ffi.echo?,init")

@@ -184,6 +184,16 @@ AR_API ar_task *ar_task_new(const char *method, size_t method_len, const char *r
  * the host still owns the task (release it). */
 AR_API int ar_task_post(ar_queue *q, ar_task *t);
 
+/* As ar_task_post, but wakes no one: on AR_OK *wake is 1 when the runtime
+ * may sleep with this task queued, and the host then owes it one
+ * ar_queue_wake(q), soon.  For hosts that post many tasks per event-loop
+ * iteration (the Envoy module) and wake each runtime once at its end. */
+AR_API int ar_task_post_nowake(ar_queue *q, ar_task *t, int *wake);
+
+/* Wakes q's runtime: its eventfd if a wake is still pending, and the threads
+ * waiting in ngx_http_lua_ffi_task_poll (one per queued task).  Any thread. */
+AR_API void ar_queue_wake(ar_queue *q);
+
 /* Host gives up waiting: marks the task aborted and, if the runtime already
  * took it and watches abort notices, queues a notice for it.  The sink still
  * runs when the runtime answers.  Does not release the host's reference. */

@@ -204,9 +204,11 @@ static int wake_locked(ar_queue *q)
     return 1;
 }
 
-int ar_task_post(ar_queue *q, ar_task *t)
+/* Queues t.  With defer, wakes no one and sets *wake when the caller owes
+ * the runtime an ar_queue_wake; otherwise wakes it here. */
+static int post(ar_queue *q, ar_task *t, int defer, int *wake_owed)
 {
-    int wake = 0;
+    int wake = 0, pollers;
     if (!q || !t || t->where != W_NEW) return AR_EINVAL;
     pthread_mutex_lock(&q->mu);
     if (atomic_load(&q->closed)) {
@@ -227,10 +229,38 @@ int ar_task_post(ar_queue *q, ar_task *t)
     q->tail = &t->next;
     q->queued++;
     wake = wake_locked(q);
-    if (q->pollers) pthread_cond_signal(&q->cv);
+    pollers = q->pollers;
+    if (pollers && !defer) pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
-    if (wake) wake_fd(q);
+    if (defer)
+        *wake_owed = wake || pollers;
+    else if (wake)
+        wake_fd(q);
     return AR_OK;
+}
+
+int ar_task_post(ar_queue *q, ar_task *t)
+{
+    return post(q, t, 0, NULL);
+}
+
+int ar_task_post_nowake(ar_queue *q, ar_task *t, int *wake)
+{
+    int owed = 0;
+    int rc = post(q, t, 1, &owed);
+    if (wake) *wake = owed;
+    return rc;
+}
+
+void ar_queue_wake(ar_queue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    /* wake_pending is still set unless the runtime drained since the post */
+    int fd = q->wake_pending;
+    int n = q->pollers < q->queued ? q->pollers : q->queued;
+    while (n-- > 0) pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    if (fd) wake_fd(q);
 }
 
 /* Pop the first queued task; q->mu held. */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "envoy_mode.h"
+#include "stream_link.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -107,6 +108,10 @@ EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *fe, const 
 
 EXPORT void envoy_dynamic_module_on_http_filter_scheduled(void *fe, const void *f, uint64_t id)
 {
+    if (id == AR_LINK_FLUSH_EVENT) {
+        ar_link_flush_wakes();
+        return;
+    }
     const ar_mode *m = mode_of(f);
     if (m->scheduled) m->scheduled(fe, (void *)f, id);
 }

@@ -15,7 +15,7 @@
  *
  * Tasks posted with ar_link_sink carry the link as host_data; the sink
  * commits event id ar_task_id(t) << 1 (bit 0 is free for other events of the
- * same stream, e.g. luamod's timeouts).  The filter itself stays
+ * same stream, e.g. luamod's timeouts; UINT64_MAX is AR_LINK_FLUSH_EVENT).  The filter itself stays
  * single-threaded: only the worker touches it.
  */
 #ifndef AIORESTY_STREAM_LINK_H
@@ -33,6 +33,13 @@ void ar_link_ref(ar_link *l);              /* any thread */
 void ar_link_unref(ar_link *l);            /* any thread; the last one frees */
 void ar_link_commit(ar_link *l, uint64_t event_id);  /* any thread */
 void ar_link_detach(ar_link *l);           /* worker, in filter destroy */
+
+/* Posts made by a worker wake their runtime once, at the end of the worker's
+ * event-loop iteration: ar_link_post commits AR_LINK_FLUSH_EVENT on the first
+ * posting stream of the iteration, and the scheduled hook must pass that
+ * event to ar_link_flush_wakes (worker thread) instead of to the filter. */
+#define AR_LINK_FLUSH_EVENT UINT64_MAX
+void ar_link_flush_wakes(void);
 
 /* Completion sink for tasks whose host_data is a link holding a reference
  * for the task: commits ar_task_id(t) << 1, then drops that reference. */

@@ -13,6 +13,8 @@
  *   unload NAME                                                 -> ok
  *   pending NAME                                                -> pending N
  *   stress NAME METHOD THREADS CALLS SIZE WINDOW  echo check    -> stress ...
+ *   bstress ...                             the same, posting as the Envoy module
+ *                                           does: no wake per post, one per round
  *   bench NAME METHOD THREADS SECONDS SIZE WINDOW               -> bench {json}
  *   signals                                 dispositions of INT TERM HUP PIPE
  *   pyshutdown                              aioresty_python_shutdown() -> pyshutdown RC
@@ -48,6 +50,8 @@ static struct {
     int (*pending)(ar_queue *);
     ar_task *(*task_new)(const char *, size_t, const char *, size_t, const ar_sink *, void *);
     int (*post)(ar_queue *, ar_task *);
+    int (*post_nowake)(ar_queue *, ar_task *, int *);
+    void (*queue_wake)(ar_queue *);
     void (*abort)(ar_task *);
     int (*done)(const ar_task *);
     int (*rc)(const ar_task *);
@@ -79,6 +83,8 @@ static int bind_core(const char *path)
     BIND(pending, "ar_queue_pending");
     BIND(task_new, "ar_task_new");
     BIND(post, "ar_task_post");
+    BIND(post_nowake, "ar_task_post_nowake");
+    BIND(queue_wake, "ar_queue_wake");
     BIND(abort, "ar_task_abort");
     BIND(done, "ar_task_done");
     BIND(rc, "ar_task_rc");
@@ -292,6 +298,7 @@ typedef struct worker {
     ar_queue *q;
     const char *method;
     int id, window;
+    int batched;            /* post without waking, one ar_queue_wake per round */
     size_t size;
     long calls;             /* stress: total calls; bench: 0 */
     uint64_t until_ns;      /* bench: stop posting after this */
@@ -322,6 +329,7 @@ static void *worker_main(void *arg)
     }
     for (;;) {
         /* fill free slots */
+        int wake_owed = 0;
         for (int i = 0; i < w->window; i++) {
             if (slot[i]) continue;
             if (w->calls ? posted >= w->calls : now_ns() >= w->until_ns) continue;
@@ -329,7 +337,9 @@ static void *worker_main(void *arg)
             if (w->size >= 8) memcpy(payload[i], &posted, sizeof posted);
             ar_task *t = core.task_new(w->method, strlen(w->method), payload[i], w->size,
                                        &wg.sink, NULL);
-            int rc = core.post(w->q, t);
+            int owed = 0;
+            int rc = w->batched ? core.post_nowake(w->q, t, &owed) : core.post(w->q, t);
+            wake_owed |= owed;
             if (rc != AR_OK) {
                 core.release(t);
                 w->errors++;
@@ -340,6 +350,7 @@ static void *worker_main(void *arg)
             t0[i] = now_ns();
             posted++;
         }
+        if (wake_owed) core.queue_wake(w->q);
         int busy = 0;
         pthread_mutex_lock(&wg.mu);
         atomic_fetch_add(&wg.waiters, 1);
@@ -391,7 +402,7 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 static void run_workers(ar_queue *q, const char *method, int threads, long calls, double secs,
-                        size_t size, int window, int bench)
+                        size_t size, int window, int bench, int batched)
 {
     if (threads < 1 || threads > MAX_WORKERS) {
         printf("err threads must be 1..%d\n", MAX_WORKERS);
@@ -404,6 +415,7 @@ static void run_workers(ar_queue *q, const char *method, int threads, long calls
         ws[i].method = method;
         ws[i].id = i;
         ws[i].window = window;
+        ws[i].batched = batched;
         ws[i].size = size;
         ws[i].calls = bench ? 0 : calls;
         ws[i].until_ns = start + (uint64_t)(secs * 1e9);
@@ -539,7 +551,8 @@ static int run_line(char *line)
     } else if (!strcmp(cmd, "pending") && argc >= 2) {
         ar_queue *q = find_rt(argv[1]);
         printf("pending %d\n", q ? core.pending(q) : -1);
-    } else if ((!strcmp(cmd, "stress") || !strcmp(cmd, "bench")) && argc >= 7) {
+    } else if ((!strcmp(cmd, "stress") || !strcmp(cmd, "bstress") || !strcmp(cmd, "bench")) &&
+               argc >= 7) {
         ar_queue *q = find_rt(argv[1]);
         if (!q) {
             printf("err no such runtime\n");
@@ -547,7 +560,8 @@ static int run_line(char *line)
         }
         int bench = !strcmp(cmd, "bench");
         run_workers(q, argv[2], atoi(argv[3]), bench ? 0 : atol(argv[4]),
-                    bench ? atof(argv[4]) : 0, strtoul(argv[5], NULL, 10), atoi(argv[6]), bench);
+                    bench ? atof(argv[4]) : 0, strtoul(argv[5], NULL, 10), atoi(argv[6]), bench,
+                    !strcmp(cmd, "bstress"));
     } else if (!strcmp(cmd, "sleep") && argc >= 2) {
         usleep((useconds_t)atol(argv[1]) * 1000);
         printf("ok\n");

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -251,6 +252,25 @@ def test_reset_while_pending(api):
     assert api.request("GET", "/two_calls")[0] == 200
     assert "envoy_on_request failed" not in api.log()
     assert api.proc.poll() is None
+
+
+@pytest.mark.parametrize("close", ["fin", "rst"])
+def test_streams_closed_as_they_post_do_not_stall_the_worker(api, close):
+    # Each call's runtime wake-up is deferred to the end of the worker's
+    # event-loop iteration and carried by the posting stream (stream_link.c).
+    # Streams that die right after posting (request and FIN, or RST, sent
+    # together) must not lose it: a lost wake leaves every later call of the
+    # worker waiting for ever.
+    for _ in range(10):
+        s = socket.create_connection(("127.0.0.1", api.port), timeout=5)
+        if close == "rst":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.sendall(b"GET /two_calls HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        s.close()
+        t0 = time.monotonic()
+        assert api.request("GET", "/two_calls")[::2] == (200, b"true true ONE-TWO")
+        assert time.monotonic() - t0 < 2
+    wait_until(lambda: alive(api)[0] == 0, 10, "tasks of closed streams freed")
 
 
 def test_envoy_local_reply_while_pending(luamod_factory):
