@@ -146,6 +146,7 @@ class Runtime:
         tasks, aborted = batch
         handlers = self.app._handlers
         respond = _native.respond
+        start = _native.start
         for task, tid, method, payload, was_aborted in tasks:
             handler = handlers.get(method)
             if handler is None or was_aborted or not handler.fast:
@@ -155,20 +156,19 @@ class Runtime:
                     self._dispatch(task, tid, method, payload)
                 continue
             # Fast path (bytes codec, eager): run the handler up to its first
-            # suspension right here; most answers need no Task at all.
+            # suspension right here; most answers need no Task at all, and a
+            # bytes answer is sent by _native.start itself.
             try:
-                coro = handler.fn(payload)
-                first = coro.send(None)
-            except StopIteration as stop:
-                value = stop.value
-                if type(value) is bytes:
-                    respond(task, 0, value)
-                else:
-                    self._answer(task, handler, value)
-                continue
+                started = start(task, handler.fn, payload)
             except BaseException as exc:
                 self._answer_error(task, method, exc)
                 continue
+            if started is None:
+                continue
+            if len(started) == 1:
+                self._answer(task, handler, started[0])
+                continue
+            coro, first = started
             self._track(task, tid, handler, self._finish(task, tid, handler, coro, first, True))
         for tid in aborted:
             call = self._inflight.get(tid)
