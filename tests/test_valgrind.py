@@ -2,7 +2,7 @@
 
 The core, the C test host and the C echo runtime (no Python: CPython's own
 allocations are not ours to audit) go through loads, calls of every payload
-shape, multi-threaded stress, aborts, overflow, unload with pending tasks.
+shape, multi-threaded stress (one wake per post, and batched), aborts, overflow, unload with pending tasks.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ call c echo rep:00:1048576
 load c2 ffi_c_echo rc=3 4
 call c2 x text:err
 stress c echo 4 500 64 4
+bstress c echo 3 400 32 8
 post c p1 echo text:1
 post c p2 echo text:2
 abort p1
@@ -64,5 +65,6 @@ def test_core_under_valgrind(testhost_exe: Path) -> None:
     lines = out.splitlines()
     assert lines[1].startswith("done rc=0 nil=0 len=5 ")
     assert "stress ok=2000 mismatch=0 errors=0" in lines
+    assert "stress ok=1200 mismatch=0 errors=0" in lines  # bstress: batched wakes
     assert "err cannot load runtime library 'no_such_runtime'" in out
     assert lines[-1] == "exit tasks=0 queues=0"
