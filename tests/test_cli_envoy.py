@@ -187,6 +187,28 @@ def test_merge_into_an_envoy_config(tmp_path: Path) -> None:
     }
 
 
+def test_merge_into_a_yaml_envoy_config(tmp_path: Path) -> None:
+    """The usual envoy.yaml (PyYAML comes with the `envoy` extra); comments and
+    anchors are YAML's business, the merged output is JSON (valid YAML)."""
+    yaml = pytest.importorskip("yaml")
+    env = _env()
+    src = tmp_path / "envoy.yaml"
+    src.write_text("# my proxy\n" + yaml.safe_dump(ENVOY_JSON))
+    r = aioresty("envoy", "config", "--merge", str(src), env=env)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    assert [x["name"] for x in cfg["static_resources"]["listeners"]] == [
+        "mine",
+        envoy_config.BRIDGE_SINK,
+    ]
+    out = tmp_path / "merged.yaml"
+    out.write_text(r.stdout)
+    validate(out, env)
+    src.write_text("static_resources: [unclosed\n")
+    r = aioresty("envoy", "config", "--merge", str(src), env=env)
+    assert r.returncode == 2 and "not valid YAML" in r.stderr and str(src) in r.stderr
+
+
 def test_run_execs_envoy_with_the_config(tmp_path: Path) -> None:
     """`envoy run ... -- --mode validate`: exec's Envoy with the config and environment,
     for a user config, a JSON Envoy config and a YAML one (-c plus --config-yaml)."""

@@ -2,7 +2,8 @@
 
 The core, the C test host and the C echo runtime (no Python: CPython's own
 allocations are not ours to audit) go through loads, calls of every payload
-shape, multi-threaded stress (one wake per post, and batched), aborts, overflow, unload with pending tasks.
+shape, multi-threaded stress (one wake per post, and batched), aborts,
+overflow, unload with pending tasks.
 """
 
 from __future__ import annotations
