@@ -122,9 +122,10 @@ class App:
         """Register an ``async def`` handler; usable bare or with options.
 
         ``@app.handler`` / ``@app.handler("lua_name", codec="msgpack", timeout=2)``.
-        ``eager=False`` starts the handler as a real asyncio Task at once; needed on
-        Python < 3.12 when its first step uses ``asyncio.current_task()`` (e.g.
-        ``asyncio.timeout`` or an aiohttp client call before the first ``await``).
+        By default the handler's first step runs eagerly, outside any asyncio Task
+        (a Task is made only if it suspends). ``eager=False`` starts it as a real
+        Task instead; needed when its first step uses ``asyncio.current_task()``
+        (``asyncio.timeout``, an aiohttp client call before the first ``await``).
         """
         if isinstance(fn_or_name, str):
             name = fn_or_name

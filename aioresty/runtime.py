@@ -83,6 +83,13 @@ class _Call:
         self.reason = ""
 
 
+def _wanted_a_task(exc: BaseException) -> bool:
+    """asyncio.timeout, aiohttp's timer, sniffio/anyio: "needs the current Task"."""
+    if type(exc).__name__ == "AsyncLibraryNotFoundError":
+        return True
+    return isinstance(exc, RuntimeError) and "task" in str(exc).lower()
+
+
 class Runtime:
     """Serves one task queue (``tq``) with an App on a dedicated loop thread."""
 
@@ -161,7 +168,7 @@ class Runtime:
             try:
                 started = start(task, handler.fn, payload)
             except BaseException as exc:
-                self._answer_error(task, method, exc)
+                self._answer_error(task, method, exc, first_step=True)
                 continue
             if started is None:
                 continue
@@ -195,7 +202,7 @@ class Runtime:
             self._answer(task, handler, stop.value)
             return
         except BaseException as exc:
-            self._answer_error(task, method, exc)
+            self._answer_error(task, method, exc, first_step=True)
             return
         self._track(task, tid, handler, self._finish(task, tid, handler, coro, first, True))
 
@@ -256,8 +263,13 @@ class Runtime:
         _native.respond(task, 0, b"" if out is None else out)
 
     @staticmethod
-    def _answer_error(task: int, method: str, exc: BaseException) -> None:
+    def _answer_error(task: int, method: str, exc: BaseException, first_step: bool = False) -> None:
         rc, msg = error_answer(method, exc)
+        if first_step and _wanted_a_task(exc):
+            msg += (
+                " (its first step ran eagerly, outside any asyncio Task: register it "
+                "with eager=False to start it in a Task)"
+            )
         if rc == RC_ERROR:
             log.error("%s", msg, exc_info=(type(exc), exc, exc.__traceback__))
         _native.respond(task, rc, msg)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import msgpack
 import pytest
@@ -113,6 +115,34 @@ def test_abort_cancels_the_handler(py: Host) -> None:
 
 def test_eager_false_runs_in_a_task(py: Host) -> None:
     assert py.call("p", "needs_task", "text:t").data == b"t"
+
+
+def test_a_first_step_that_needs_a_task_says_eager_false(py: Host) -> None:
+    answer = py.call("p", "timeout_first", "text:t")
+    assert answer.rc == 1 and "register it with eager=False" in answer.text, answer.text
+
+
+def test_aiohttp_call_before_the_first_await_with_eager_false(py: Host) -> None:
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/"
+        answer = py.call("p", "fetch", f"text:{url}")
+        assert (answer.rc, answer.data) == (0, b"hello"), answer.text
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_max_queue_overflow_is_immediate(host: Host, tmp_path) -> None:

@@ -84,5 +84,22 @@ async def needs_task(req: bytes) -> bytes:
 
 
 @app.handler
+async def timeout_first(req: bytes) -> bytes:
+    """Eager by default: no current Task in the first step (Python 3.11)."""
+    async with asyncio.timeout(1):
+        return req
+
+
+@app.handler(eager=False)
+async def fetch(req: bytes) -> bytes:
+    """An aiohttp client call as the very first await: aiohttp's timer needs
+    the current Task, so this handler takes eager=False (README, "Handlers")."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(req.decode()) as r:
+        return await r.read()
+
+
+@app.handler
 async def stats(req: bytes) -> str:
     return f"{started['slow']} {started['cancelled']}"
