@@ -147,19 +147,19 @@ static PyObject *nat_respond(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
-/* start(task, fn, payload) -> None | (value,) | (coro, yielded)
+/* step(task, coro, answer_bytes) -> None | (value,) | (coro, yielded)
  *
- * The runtime's eager fast path for one drained task: coro = fn(payload),
- * run to its first suspension (PyIter_Send: no StopIteration is raised).
- * Finished with bytes: answered here (rc 0), returns None.  Finished with
- * anything else: returns (value,) for the runtime to encode.  Suspended:
- * returns (coro, yielded) for the runtime to go on with in a Task.  An
- * exception from fn or from the first step propagates, task unanswered. */
-static PyObject *nat_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+ * The runtime's eager start of one handler: run coro to its first suspension
+ * (PyIter_Send: no StopIteration is raised).  Finished with bytes and
+ * answer_bytes true: answered here (rc 0), returns None.  Finished otherwise:
+ * returns (value,) for the runtime to encode.  Suspended: returns
+ * (coro, yielded) for the runtime to go on with in a Task.  An exception from
+ * the step propagates, the task unanswered. */
+static PyObject *nat_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "start(task, fn, payload)");
+        PyErr_SetString(PyExc_TypeError, "step(task, coro, answer_bytes)");
         return NULL;
     }
     void *task = PyLong_AsVoidPtr(args[0]);
@@ -167,32 +167,23 @@ static PyObject *nat_start(PyObject *self, PyObject *const *args, Py_ssize_t nar
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "NULL task");
         return NULL;
     }
-    PyObject *coro = PyObject_CallOneArg(args[1], args[2]);
-    if (!coro) return NULL;
+    PyObject *coro = args[1];
+    int answer_bytes = PyObject_IsTrue(args[2]);
+    if (answer_bytes < 0) return NULL;
     PyObject *value = NULL;
     PySendResult r = PyIter_Send(coro, Py_None, &value);
-    if (r == PYGEN_ERROR) {
-        Py_DECREF(coro);
-        return NULL;
-    }
+    if (r == PYGEN_ERROR) return NULL;
     if (r == PYGEN_NEXT) {
         PyObject *out = PyTuple_Pack(2, coro, value);
-        Py_DECREF(coro);
         Py_DECREF(value);
         return out;
     }
-    Py_DECREF(coro);
-    if (!PyBytes_CheckExact(value)) {
-        PyObject *out = PyTuple_Pack(1, value);
+    if (!answer_bytes || !PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) > INT32_MAX) {
+        PyObject *out = PyTuple_Pack(1, value);     /* the runtime encodes or reports it */
         Py_DECREF(value);
         return out;
     }
     Py_ssize_t len = PyBytes_GET_SIZE(value);
-    if (len > INT32_MAX) {
-        PyObject *out = PyTuple_Pack(1, value);     /* the runtime reports it */
-        Py_DECREF(value);
-        return out;
-    }
     char *rsp = malloc((size_t)len + 1);             /* the host frees it (free()) */
     if (!rsp) {
         Py_DECREF(value);
@@ -239,8 +230,8 @@ static PyMethodDef methods[] = {
     {"drain", nat_drain, METH_O, "drain(tq) -> (tasks, aborted_ids) or None when unloaded"},
     {"respond", (PyCFunction)(void (*)(void))nat_respond, METH_FASTCALL,
      "respond(task, rc, data) -> answer a drained task exactly once"},
-    {"start", (PyCFunction)(void (*)(void))nat_start, METH_FASTCALL,
-     "start(task, fn, payload) -> None (answered) | (value,) | (coro, yielded)"},
+    {"step", (PyCFunction)(void (*)(void))nat_step, METH_FASTCALL,
+     "step(task, coro, answer_bytes) -> None (answered) | (value,) | (coro, yielded)"},
     {"unload", nat_unload, METH_O, "unload(tq) -> unload the runtime (stops intake)"},
     {NULL, NULL, 0, NULL},
 };

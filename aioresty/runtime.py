@@ -153,7 +153,6 @@ class Runtime:
         tasks, aborted = batch
         handlers = self.app._handlers
         respond = _native.respond
-        start = _native.start
         for task, tid, method, payload, was_aborted in tasks:
             handler = handlers.get(method)
             if handler is None or was_aborted or not handler.fast:
@@ -162,21 +161,12 @@ class Runtime:
                 else:
                     self._dispatch(task, tid, method, payload)
                 continue
-            # Fast path (bytes codec, eager): run the handler up to its first
-            # suspension right here; most answers need no Task at all, and a
-            # bytes answer is sent by _native.start itself.
             try:
-                started = start(task, handler.fn, payload)
+                coro = handler.fn(payload)
             except BaseException as exc:
-                self._answer_error(task, method, exc, first_step=True)
+                self._answer_error(task, method, exc)
                 continue
-            if started is None:
-                continue
-            if len(started) == 1:
-                self._answer(task, handler, started[0])
-                continue
-            coro, first = started
-            self._track(task, tid, handler, self._finish(task, tid, handler, coro, first, True))
+            self._start_eagerly(task, tid, handler, coro)
         for tid in aborted:
             call = self._inflight.get(tid)
             if call is not None and call.task is not None:
@@ -196,14 +186,25 @@ class Runtime:
         if not handler.eager:
             self._track(task, tid, handler, self._finish(task, tid, handler, coro, None, False))
             return
+        self._start_eagerly(task, tid, handler, coro)
+
+    def _start_eagerly(
+        self, task: int, tid: int, handler: Handler, coro: Coroutine[Any, Any, Any]
+    ) -> None:
+        """Eager start: the handler runs up to its first suspension right here
+        (outside any Task); most answers need no Task at all, and a bytes answer
+        of a bytes-codec handler is sent by _native.step itself."""
         try:
-            first = coro.send(None)
-        except StopIteration as stop:
-            self._answer(task, handler, stop.value)
-            return
+            started = _native.step(task, coro, handler.codec == "bytes")
         except BaseException as exc:
-            self._answer_error(task, method, exc, first_step=True)
+            self._answer_error(task, handler.name, exc, first_step=True)
             return
+        if started is None:
+            return
+        if len(started) == 1:
+            self._answer(task, handler, started[0])
+            return
+        coro, first = started
         self._track(task, tid, handler, self._finish(task, tid, handler, coro, first, True))
 
     def _track(
