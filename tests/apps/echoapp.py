@@ -85,7 +85,7 @@ async def needs_task(req: bytes) -> bytes:
 
 @app.handler
 async def timeout_first(req: bytes) -> bytes:
-    """Eager by default: no current Task in the first step (Python 3.11)."""
+    """Eager by default: its first step runs outside any Task (no current_task())."""
     async with asyncio.timeout(1):
         return req
 
@@ -93,7 +93,7 @@ async def timeout_first(req: bytes) -> bytes:
 @app.handler(eager=False)
 async def fetch(req: bytes) -> bytes:
     """An aiohttp client call as the very first await: aiohttp's timer needs
-    the current Task, so this handler takes eager=False (README, "Handlers")."""
+    the current Task, so this handler takes eager=False (README, "Writing handlers")."""
     import aiohttp
 
     async with aiohttp.ClientSession() as s, s.get(req.decode()) as r:
