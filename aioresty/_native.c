@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -196,6 +197,22 @@ static PyObject *nat_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
+/* set_thread_name(name): the calling thread's OS name (top -H, /proc/.../comm),
+ * cut to the kernel's 15 bytes. */
+static PyObject *nat_set_thread_name(PyObject *self, PyObject *name)
+{
+    (void)self;
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(name, &len);
+    if (!s) return NULL;
+    char buf[16];
+    size_t n = (size_t)len < sizeof buf - 1 ? (size_t)len : sizeof buf - 1;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    pthread_setname_np(pthread_self(), buf);    /* only ERANGE, excluded above */
+    Py_RETURN_NONE;
+}
+
 static PyObject *nat_unload(PyObject *self, PyObject *tq)
 {
     (void)self;
@@ -232,6 +249,8 @@ static PyMethodDef methods[] = {
      "respond(task, rc, data) -> answer a drained task exactly once"},
     {"step", (PyCFunction)(void (*)(void))nat_step, METH_FASTCALL,
      "step(task, coro, answer_bytes) -> None (answered) | (value,) | (coro, yielded)"},
+    {"set_thread_name", nat_set_thread_name, METH_O,
+     "set_thread_name(name) -> name the calling OS thread (15 bytes kept)"},
     {"unload", nat_unload, METH_O, "unload(tq) -> unload the runtime (stops intake)"},
     {NULL, NULL, 0, NULL},
 };

@@ -119,6 +119,8 @@ class Runtime:
     def _run(self) -> None:
         # Signals belong to the host: never deliver them to this thread.
         signal.pthread_sigmask(signal.SIG_BLOCK, _HOST_SIGNALS)
+        # Visible in top -H and /proc (it would inherit the proxy thread's name).
+        _native.set_thread_name(f"ar-{self.name}")
         try:
             loop = new_event_loop()
             asyncio.set_event_loop(loop)

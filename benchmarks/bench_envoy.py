@@ -19,7 +19,9 @@ variants run seconds apart, so a machine that slows down between rounds cancels
 out; the ratios of the median req/s are written too).  CPU per request =
 utime+stime of the Envoy process (all threads, Python's included) over the wrk
 run / requests served; for the sidecar variant the sidecar's CPU is reported
-too (Envoy-only and Envoy+sidecar).
+too (Envoy-only and Envoy+sidecar).  The same split per thread: "worker" (the
+Envoy worker, which bounds req/s at --concurrency 1) and "runtime" (aioresty's
+runtime threads).
 Writes benchmarks/results/envoy.json with "ratios" (req/s).  BENCH_SECONDS
 (default 5) sets the length of each run.
 """
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioresty import cli, envoy_config
 from benchmarks.common import (
+    THREAD_GROUPS,
     bench_seconds,
     cpu_seconds,
     free_port,
@@ -182,6 +185,8 @@ def wrk(port: int, seconds: int, pids: dict[str, int]) -> dict[str, float]:
     res = run_wrk(f"http://127.0.0.1:{port}/", seconds, connections=CONNECTIONS, pids=pids)
     for k in pids:
         res[f"{k}_cpu_us_per_req"] = res.pop(f"{k}_cpu_us")
+        for group in THREAD_GROUPS:
+            res[f"{k}_{group}_cpu_us_per_req"] = res.pop(f"{k}_{group}_cpu_us")
     return res
 
 
@@ -272,7 +277,14 @@ def main() -> int:
     for v, runs in samples.items():
         agg = {
             k: median([r[k] for r in runs])
-            for k in ("rps", "p50_us", "p99_us", "envoy_cpu_us_per_req")
+            for k in (
+                "rps",
+                "p50_us",
+                "p99_us",
+                "envoy_cpu_us_per_req",
+                "envoy_worker_cpu_us_per_req",
+                "envoy_runtime_cpu_us_per_req",
+            )
         }
         agg["errors"] = sum(r["non2xx"] + r["socket_errors"] for r in runs)
         if v == "sidecar":
@@ -309,6 +321,10 @@ def main() -> int:
         "c_vs_direct": ratio("c", "direct", "envoy_cpu_us_per_req"),
         "respond_vs_direct": ratio("respond", "direct", "envoy_cpu_us_per_req"),
         "sidecar_envoy_only_vs_python": ratio("sidecar", "python", "envoy_cpu_us_per_req"),
+        # the Envoy worker thread bounds req/s at --concurrency 1
+        "sidecar_worker_vs_python_worker": ratio(
+            "sidecar", "python", "envoy_worker_cpu_us_per_req"
+        ),
         "sidecar_total_vs_python": round(
             median(
                 [
@@ -336,13 +352,26 @@ def main() -> int:
                 f"{r['p50_us']:.0f}",
                 f"{r['p99_us']:.0f}",
                 cpu,
+                f"{r['envoy_worker_cpu_us_per_req']:.1f}",
+                f"{r['envoy_runtime_cpu_us_per_req']:.1f}",
                 f"{ratio(v, 'direct', 'envoy_cpu_us_per_req'):.2f}",
                 f"{r['errors']:.0f}",
             ]
         )
     print()
     print_table(
-        ["variant", "req/s", "vs direct", "p50 us", "p99 us", "CPU us/req", "CPU vs direct", "err"],
+        [
+            "variant",
+            "req/s",
+            "vs direct",
+            "p50 us",
+            "p99 us",
+            "CPU us/req",
+            "worker",
+            "runtime",
+            "CPU vs direct",
+            "err",
+        ],
         rows,
     )
     print()

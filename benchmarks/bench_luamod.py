@@ -10,7 +10,8 @@ Variants, one Envoy process each (started once, idle while the others run):
   bridge_python   stock Lua filter -> httpCall bridge -> Python echo
 Load: wrk -t1 -c16, BENCH_SECONDS (default 5) per run, variants interleaved,
 3 rounds, medians.  Envoy CPU per request = utime+stime of the Envoy process
-(all threads, Python's included) over the run / requests.
+(all threads, Python's included) over the run / requests; also split into the
+worker thread and aioresty's runtime threads (benchmarks/common.THREAD_GROUPS).
 Writes benchmarks/results/luamod.json with
 "ratios": {"luamod_python_vs_direct": req/s ratio,
            "luamod_cpu_vs_bridge_cpu": CPU/request of luamod_python / bridge_python}.
@@ -104,6 +105,8 @@ def main() -> int:
                 assert e.proc is not None
                 res = wrk(e.port, seconds, e.proc.pid)
                 res["cpu_us_per_req"] = res["envoy_cpu_us"]
+                res["worker_cpu_us_per_req"] = res["envoy_worker_cpu_us"]
+                res["runtime_cpu_us_per_req"] = res["envoy_runtime_cpu_us"]
                 samples.setdefault(name, []).append(res)
     finally:
         for e in envs.values():
@@ -112,7 +115,15 @@ def main() -> int:
 
     results = {
         name: {
-            k: median([r[k] for r in runs]) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req")
+            k: median([r[k] for r in runs])
+            for k in (
+                "rps",
+                "p50_us",
+                "p99_us",
+                "cpu_us_per_req",
+                "worker_cpu_us_per_req",
+                "runtime_cpu_us_per_req",
+            )
         }
         for name, runs in samples.items()
     }
@@ -125,6 +136,8 @@ def main() -> int:
             f"{r['p50_us']:.0f}",
             f"{r['p99_us']:.0f}",
             f"{r['cpu_us_per_req']:.1f}",
+            f"{r['worker_cpu_us_per_req']:.1f}",
+            f"{r['runtime_cpu_us_per_req']:.1f}",
             f"{r['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}",
         ]
         for name, r in results.items()
@@ -137,7 +150,18 @@ def main() -> int:
         ),
     }
     print_table(
-        ["variant", "req/s", "vs direct", "p50 us", "p99 us", "cpu us/req", "cpu vs direct"], rows
+        [
+            "variant",
+            "req/s",
+            "vs direct",
+            "p50 us",
+            "p99 us",
+            "cpu us/req",
+            "worker",
+            "runtime",
+            "cpu vs direct",
+        ],
+        rows,
     )
     print()
     targets = {"luamod_python_vs_direct": ">= 0.70", "luamod_cpu_vs_bridge_cpu": "<= 0.40"}

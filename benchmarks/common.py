@@ -30,6 +30,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+# Thread groups of a proxy process, by OS thread name: Envoy names its workers
+# "wrk:worker_N", aioresty names runtime threads "ar-<name>" (the Python runtime
+# and the C echo runtime).
+THREAD_GROUPS = {"worker": "wrk:worker", "runtime": "ar-"}
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """utime + stime per thread group (THREAD_GROUPS) of a live process."""
+    out = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        for group, prefix in THREAD_GROUPS.items():
+            if name.startswith(prefix):
+                out[group] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
@@ -105,14 +128,20 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     pids: dict[str, int] | None = None,
 ) -> dict[str, float]:
-    """One wrk run; with `pids`, adds "<name>_cpu_us": that process's CPU per request."""
+    """One wrk run; with `pids`, adds "<name>_cpu_us": that process's CPU per
+    request, and "<name>_<group>_cpu_us" per thread group (THREAD_GROUPS)."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     for k, v in (headers or {}).items():
         cmd += ["-H", f"{k}: {v}"]
     cmd.append(url)
-    cpu0 = {k: cpu_seconds(pid) for k, pid in (pids or {}).items()}
+    pids = pids or {}
+    cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
+    groups0 = {k: thread_cpu_seconds(pid) for k, pid in pids.items()}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in (pids or {}).items()}
+    cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
+    for k, pid in pids.items():
+        for group, sec in thread_cpu_seconds(pid).items():
+            cpu[f"{k}_{group}"] = sec - groups0[k][group]
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
     res = parse_wrk(proc.stdout)

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -308,6 +309,17 @@ def test_batched_posts_one_wake_per_round(host: Host, rt: str) -> None:
     host.ok("load c ffi_c_echo -")
     host.ok("load l resty_ffi_python ffi.echo?,init")
     assert host.send(f"bstress {rt} echo 4 1500 24 8", 120) == "stress ok=6000 mismatch=0 errors=0"
+
+
+def test_runtime_threads_are_named(host: Host) -> None:
+    # top -H / perf / the benchmarks' per-thread CPU tell runtime threads from
+    # the proxy's (they would inherit the posting thread's name)
+    host.ok(f"load p aioresty {APP}")
+    host.ok("load c ffi_c_echo -")
+    assert host.call("p", "echo", "text:x").data == b"x"
+    task_dir = Path(f"/proc/{host.proc.pid}/task")
+    names = {(t / "comm").read_text().strip() for t in task_dir.iterdir()}
+    assert {f"ar-{APP}"[:15], "ar-c-echo"} <= names, names
 
 
 def test_two_runtimes_side_by_side(host: Host) -> None:

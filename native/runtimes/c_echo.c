@@ -25,6 +25,7 @@ static void *serve(void *arg)
 {
     echo_state *st = arg;
     void *task;
+    pthread_setname_np(pthread_self(), "ar-c-echo");
     while ((task = ngx_http_lua_ffi_task_poll(st->tq)) != NULL) {
         int len = 0;
         char *req = ngx_http_lua_ffi_get_req(task, &len);
