@@ -29,6 +29,7 @@ filter's ``body_limit`` (413 for requests, 502 for responses beyond it).
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import (
     Awaitable,
     Callable,
@@ -140,9 +141,13 @@ class Headers(MutableMapping[str, str]):
                 out += (_OP_ADD, k, v)
 
 
+_BAD_NAME = re.compile("[\r\n\0 :]").search  # ':' anywhere: pseudo-headers are attributes
+_BAD_VALUE = re.compile("[\r\n\0]").search
+
+
 def _check_name(key: str) -> str:
     k = key.lower()
-    if not k or k.startswith(":") or any(c in k for c in "\r\n\0 :"):
+    if not k or _BAD_NAME(k):
         raise ValueError(f"invalid header name {key!r}")
     return k
 
@@ -153,7 +158,7 @@ def _check_value(value: str) -> str:
     if not value:
         # Envoy's set_header removes a header given an empty value
         raise ValueError("empty header values are not supported (delete the header instead)")
-    if "\r" in value or "\n" in value or "\0" in value:
+    if _BAD_VALUE(value):
         raise ValueError(f"invalid header value {value!r}")
     return value
 

@@ -118,6 +118,41 @@ def test_response_status_and_bad_values() -> None:
     assert msgpack.unpackb(out) == [0, [0, ":status", "203"], None]
 
 
+@pytest.mark.parametrize("name", ["", ":path", "a:b", "a b", "a\rb", "a\nb", "a\0b", "x-ok\n"])
+def test_bad_header_names_are_refused(name: str) -> None:
+    h = aioresty.Headers()
+    with pytest.raises(ValueError, match="invalid header name"):
+        h[name] = "v"
+    with pytest.raises(ValueError, match="invalid header name"):
+        h.add(name, "v")
+    assert len(h) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("a\rb", ValueError),
+        ("a\nb", ValueError),
+        ("a\0b", ValueError),
+        ("", ValueError),
+        (b"v", TypeError),
+        (1, TypeError),
+    ],
+)
+def test_bad_header_values_are_refused(value: object, error: type[Exception]) -> None:
+    h = aioresty.Headers()
+    with pytest.raises(error):
+        h["x-a"] = value  # type: ignore[assignment]
+    assert len(h) == 0
+
+
+def test_good_header_names_and_values() -> None:
+    h = aioresty.Headers()
+    h["X-Mixed-Case"] = "a value; with: colons\tand tabs"
+    h.add("x-mixed-case", "second")
+    assert h.getall("x-mixed-case") == ["a value; with: colons\tand tabs", "second"]
+
+
 def test_filter_config_strings() -> None:
     assert envoy_filters.filter_config_string("a.b:app") == "app=a.b:app fail=closed"
     assert (
