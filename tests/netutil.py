@@ -63,3 +63,21 @@ def terminate(proc: subprocess.Popen[Any], timeout: float, what: str) -> int:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
         raise AssertionError(f"{what} did not exit {timeout}s after SIGTERM") from None
+
+
+def sigterm_with_requests_pending(env: Any, request: bytes, n: int) -> None:
+    """Opens `n` connections that each send `request` (calls that stay pending),
+    then SIGTERMs the proxy: it must exit 0 within 10 s (`env`: a test proxy
+    with .port, .terminate(timeout) and .log())."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", env.port), timeout=5)
+        s.sendall(request)
+        socks.append(s)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    rc = env.terminate(timeout=15)
+    assert time.monotonic() - t0 < 10
+    assert rc == 0, env.log()[-3000:]
+    for s in socks:
+        s.close()

@@ -4,9 +4,7 @@ Envoy Lua filter through resty_ffi and the bridge."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
-import time
 
 import pytest
 
@@ -22,6 +20,7 @@ from tests.lua_api_cases import (  # noqa: F401 (collected here: the cases run i
     test_per_call_timeout_cancels_handler,
     test_unknown_method,
 )
+from tests.netutil import sigterm_with_requests_pending
 
 USER = {"lua": {"app": "lua/app_calls.lua"}, "routes": [{"prefix": "/", "lua": "app"}]}
 PY_PATH = [str(REPO), str(REPO / "examples" / "python")]
@@ -58,15 +57,6 @@ def test_250_concurrent_clients_matched(app):
 def test_sigterm_with_python_calls_in_flight(envoy_factory):
     env = envoy_factory(USER, concurrency=2, env={"AIORESTY_VENV": sys.prefix}, python_path=PY_PATH)
     assert post(env, "echo", b"warm")[0] == 200
-    socks = []
-    for _ in range(10):
-        s = socket.create_connection(("127.0.0.1", env.port), timeout=5)
-        s.sendall(b"POST /py/sleep HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n5")
-        socks.append(s)
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    rc = env.terminate(timeout=15)
-    assert time.monotonic() - t0 < 10
-    assert rc == 0, env.log()[-3000:]
-    for s in socks:
-        s.close()
+    sigterm_with_requests_pending(
+        env, b"POST /py/sleep HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n5", 10
+    )

@@ -15,6 +15,7 @@ import pytest
 
 from tests.envoy.conftest import wait_until
 from tests.envoy_luamod.conftest import HANDLE_API, direct_user, hcm, luamod_filter
+from tests.netutil import sigterm_with_requests_pending
 
 
 class _Origin(BaseHTTPRequestHandler):
@@ -305,15 +306,6 @@ def test_concurrency_2(luamod_factory):
 def test_sigterm_with_calls_pending(luamod_factory):
     env = luamod_factory(_user(), [luamod_filter(filename=HANDLE_API)], concurrency=2)
     assert env.request("GET", "/two_calls")[0] == 200
-    socks = []
-    for _ in range(20):
-        s = socket.create_connection(("127.0.0.1", env.port), timeout=5)
-        s.sendall(b"GET /sleep HTTP/1.1\r\nHost: x\r\nx-seconds: 5\r\n\r\n")
-        socks.append(s)
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    rc = env.terminate(timeout=15)
-    assert time.monotonic() - t0 < 10
-    assert rc == 0, env.log()[-3000:]
-    for s in socks:
-        s.close()
+    sigterm_with_requests_pending(
+        env, b"GET /sleep HTTP/1.1\r\nHost: x\r\nx-seconds: 5\r\n\r\n", 20
+    )
