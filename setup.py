@@ -1,6 +1,11 @@
 """Build glue: every native library is built by native/Makefile as part of the
 Python build and installed inside the package (aioresty/_lib), next to the
-aioresty._native extension; the Lua files go to aioresty/_lua."""
+aioresty._native extension; the Lua files go to aioresty/_lua.
+
+The build is for the interpreter running it (PYTHON=sys.executable): only the
+Python loader proper depends on it, built as libaioresty_python<X.Y>-<key>.so
+(native/python/build.mk), so editable installs of several interpreters (.venv,
+.venv-3.13) share aioresty/_lib, each with its own loader and _native.<abi>.so."""
 
 import shutil
 import subprocess

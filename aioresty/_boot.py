@@ -14,8 +14,8 @@ import threading
 import traceback
 from typing import Any
 
-from . import logs, runtime
-from .app import load_app
+from . import _native, logs, runtime
+from .app import last_line, load_app, split_cfg
 
 log = logging.getLogger("aioresty.boot")
 
@@ -35,22 +35,29 @@ def _setup() -> None:
             sys.path.insert(0, path)
 
 
-def _fail(what: str) -> int:
+def _fail(what: str, tq: int | None = None) -> int:
+    """Log the current exception; tell the host why (its load error's last part)."""
+    exc = sys.exc_info()[1]
     log.error("%s\n%s", what, traceback.format_exc().rstrip())
+    if tq is not None and exc is not None:
+        _native.set_error(tq, f"{what}: {last_line(exc)}")
     return 1
 
 
-def start_app(spec: str, tq: int) -> int:
-    """cfg ``"pkg.module"`` / ``"pkg.module:app"``: serve an aioresty App."""
+def start_app(cfg: str, tq: int) -> int:
+    """cfg ``"pkg.module[:app] [{json}]"``: serve an aioresty App; the JSON
+    object after the spec becomes ``app.config``."""
     _setup()
+    spec = cfg.strip().partition(" ")[0]
     try:
+        spec, config = split_cfg(cfg)
         app = load_app(spec)
     except Exception:
-        return _fail(f"cannot load app '{spec}'")
+        return _fail(f"cannot load app '{spec}'", tq)
     try:
-        runtime.start(app, tq, spec)
-    except Exception:
-        return _fail(f"cannot start runtime for '{spec}'")
+        runtime.start(app, tq, spec, config)
+    except BaseException:
+        return _fail(f"cannot start app '{spec}'", tq)
     log.info(
         "runtime '%s' serving %d handler(s): %s",
         spec,
@@ -84,7 +91,7 @@ def start_legacy(module: str, func: str, rest_ptr: int, tq: int) -> int:
         elif reload:
             mod = importlib.reload(mod)
     except Exception:
-        return _fail(f"cannot import runtime module '{module}'")
+        return _fail(f"cannot import runtime module '{module}'", tq)
     fn: Any = getattr(mod, func, None)
     if not callable(fn):
         log.error("runtime module '%s' has no function '%s'", module, func)
@@ -92,7 +99,7 @@ def start_legacy(module: str, func: str, rest_ptr: int, tq: int) -> int:
     try:
         rc = fn(rest_ptr, tq)
     except Exception:
-        return _fail(f"{module}.{func}() raised")
+        return _fail(f"{module}.{func}() raised", tq)
     if not isinstance(rc, int):
         log.error("%s.%s() returned %r, expected an int (0 = ok)", module, func, rc)
         return 1

@@ -2,16 +2,21 @@
  * _native.c - aioresty._native: the runtime thread's glue to the core queue
  * (CPython C-API; measured 1.5x faster than cffi for this hot path).
  *
- * Only the runtime's loop thread calls these.  Task pointers travel through
- * Python as ints; each one handed out by drain() must be answered exactly
- * once with respond(), after which it is gone (the core frees it).
+ * The runtime's loop thread calls the runtime half (drain, respond...).
+ * Task pointers travel through Python as ints; each one handed out by drain()
+ * must be answered exactly once with respond(), after which it is gone (the
+ * core frees it).  The host_* half is an in-process host for aioresty.testing,
+ * called on the test's own loop thread.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "aioresty_core.h"
 
@@ -91,7 +96,10 @@ fail:
     return NULL;
 }
 
-/* respond(task, rc, data) - data: bytes-like, str (UTF-8) or None (nil). */
+/* respond(task, rc, data) - data: bytes-like, str (UTF-8) or None (nil).
+ * Returns: the task was answered (out of memory answers AR_ENOMEM).  Raises
+ * (bad arguments, a str that is not UTF-8, over 2 GiB): NOT answered - the
+ * caller still owes the answer (aioresty/runtime.py's _reply does it). */
 static PyObject *nat_respond(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -135,65 +143,16 @@ static PyObject *nat_respond(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (data != Py_None) {
         /* The host frees it (free()); NUL-terminated so rsp_len 0 reads "". */
         rsp = malloc((size_t)len + 1);
-        if (!rsp) {
+        if (!rsp) {                       /* answered all the same: returns normally */
             if (have_view) PyBuffer_Release(&view);
             ngx_http_lua_ffi_respond(task, AR_ENOMEM, NULL, 0);
-            return PyErr_NoMemory();
+            Py_RETURN_NONE;
         }
         if (len) memcpy(rsp, buf, (size_t)len);
         rsp[len] = '\0';
     }
     if (have_view) PyBuffer_Release(&view);
     ngx_http_lua_ffi_respond(task, (int)rc, rsp, (int)len);
-    Py_RETURN_NONE;
-}
-
-/* step(task, coro, answer_bytes) -> None | (value,) | (coro, yielded)
- *
- * The runtime's eager start of one handler: run coro to its first suspension
- * (PyIter_Send: no StopIteration is raised).  Finished with bytes and
- * answer_bytes true: answered here (rc 0), returns None.  Finished otherwise:
- * returns (value,) for the runtime to encode.  Suspended: returns
- * (coro, yielded) for the runtime to go on with in a Task.  An exception from
- * the step propagates, the task unanswered. */
-static PyObject *nat_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "step(task, coro, answer_bytes)");
-        return NULL;
-    }
-    void *task = PyLong_AsVoidPtr(args[0]);
-    if (!task) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "NULL task");
-        return NULL;
-    }
-    PyObject *coro = args[1];
-    int answer_bytes = PyObject_IsTrue(args[2]);
-    if (answer_bytes < 0) return NULL;
-    PyObject *value = NULL;
-    PySendResult r = PyIter_Send(coro, Py_None, &value);
-    if (r == PYGEN_ERROR) return NULL;
-    if (r == PYGEN_NEXT) {
-        PyObject *out = PyTuple_Pack(2, coro, value);
-        Py_DECREF(value);
-        return out;
-    }
-    if (!answer_bytes || !PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) > INT32_MAX) {
-        PyObject *out = PyTuple_Pack(1, value);     /* the runtime encodes or reports it */
-        Py_DECREF(value);
-        return out;
-    }
-    Py_ssize_t len = PyBytes_GET_SIZE(value);
-    char *rsp = malloc((size_t)len + 1);             /* the host frees it (free()) */
-    if (!rsp) {
-        Py_DECREF(value);
-        ngx_http_lua_ffi_respond(task, AR_ENOMEM, NULL, 0);
-        Py_RETURN_NONE;
-    }
-    memcpy(rsp, PyBytes_AS_STRING(value), (size_t)len + 1);  /* bytes are NUL-terminated */
-    Py_DECREF(value);
-    ngx_http_lua_ffi_respond(task, 0, rsp, (int)len);
     Py_RETURN_NONE;
 }
 
@@ -222,6 +181,14 @@ static PyObject *nat_unload(PyObject *self, PyObject *tq)
     Py_RETURN_NONE;
 }
 
+static PyObject *nat_queue_closed(PyObject *self, PyObject *tq)
+{
+    (void)self;
+    ar_queue *q = queue_arg(tq);
+    if (!q) return NULL;
+    return PyBool_FromLong(ar_queue_closed(q));
+}
+
 static PyObject *nat_queue_ref(PyObject *self, PyObject *tq)
 {
     (void)self;
@@ -240,6 +207,208 @@ static PyObject *nat_queue_unref(PyObject *self, PyObject *tq)
     Py_RETURN_NONE;
 }
 
+/* queue_new() -> tq: a queue outside the registry (aioresty.testing); the
+ * caller's reference is dropped with queue_unref, the runtime's at drain -1. */
+static PyObject *nat_queue_new(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    ar_queue *q = ar_queue_new(0);
+    if (!q) return PyErr_NoMemory();
+    return PyLong_FromVoidPtr(q);
+}
+
+/* set_error(tq, msg): why libffi_init fails, for the host's load error. */
+static PyObject *nat_set_error(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_error(tq, msg)");
+        return NULL;
+    }
+    ar_queue *q = queue_arg(args[0]);
+    if (!q) return NULL;
+    const char *msg = PyUnicode_AsUTF8(args[1]);
+    if (!msg) return NULL;
+    ar_queue_set_error(q, msg);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ local host
+ * An in-process host for aioresty.testing: posts tasks to a queue the way
+ * the proxies do and collects the answers on the caller's loop.
+ *   - the completion sink runs on the runtime thread (inside respond): it only
+ *     appends the task to `done` (room reserved at post time, so it never
+ *     allocates) and writes the eventfd on the empty -> non-empty transition;
+ *   - the host's reference of each task is dropped by host_collect, on the
+ *     caller's thread, after copying the answer out;
+ *   - the local_host outlives every task posted with it: host_free refuses
+ *     while tasks are in flight. */
+typedef struct local_host {
+    pthread_mutex_t mu;
+    ar_task **done;             /* answered, not yet collected; owned here */
+    size_t ndone;
+    size_t cap;                 /* room in done: >= tasks in flight */
+    size_t inflight;            /* posted and not yet collected */
+    int efd;                    /* readable while done is non-empty */
+    ar_sink sink;
+} local_host;
+
+static void lh_complete(ar_task *t, void *ctx)
+{
+    local_host *h = ctx;
+    pthread_mutex_lock(&h->mu);
+    h->done[h->ndone++] = t;                 /* cap >= inflight >= ndone */
+    int first = h->ndone == 1;
+    pthread_mutex_unlock(&h->mu);
+    if (first) {
+        uint64_t one = 1;
+        ssize_t n;
+        do {
+            n = write(h->efd, &one, sizeof one);
+        } while (n < 0 && errno == EINTR);
+    }
+}
+
+static local_host *host_arg(PyObject *o)
+{
+    void *p = PyLong_AsVoidPtr(o);
+    if (!p && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "NULL host");
+    return p;
+}
+
+/* host_new() -> (host, fd) */
+static PyObject *nat_host_new(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    local_host *h = calloc(1, sizeof *h);
+    if (!h) return PyErr_NoMemory();
+    h->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (h->efd < 0) {
+        free(h);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    pthread_mutex_init(&h->mu, NULL);
+    h->sink.complete = lh_complete;
+    h->sink.ctx = h;
+    return Py_BuildValue("(Ni)", PyLong_FromVoidPtr(h), h->efd);
+}
+
+/* host_post(host, tq, method, payload) -> task, or raises ConnectionError
+ * (runtime unloaded), BlockingIOError (queue full). */
+static PyObject *nat_host_post(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4 || !PyBytes_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "host_post(host, tq, method, payload: bytes)");
+        return NULL;
+    }
+    local_host *h = host_arg(args[0]);
+    if (!h) return NULL;
+    ar_queue *q = queue_arg(args[1]);
+    if (!q) return NULL;
+    Py_ssize_t ml;
+    const char *m = PyUnicode_AsUTF8AndSize(args[2], &ml);
+    if (!m) return NULL;
+    pthread_mutex_lock(&h->mu);
+    if (h->cap < h->inflight + 1) {
+        size_t cap = h->cap ? h->cap * 2 : 64;
+        ar_task **d = realloc(h->done, cap * sizeof *d);
+        if (!d) {
+            pthread_mutex_unlock(&h->mu);
+            return PyErr_NoMemory();
+        }
+        h->done = d;
+        h->cap = cap;
+    }
+    h->inflight++;
+    pthread_mutex_unlock(&h->mu);
+    ar_task *t = ar_task_new(m, (size_t)ml, PyBytes_AS_STRING(args[3]),
+                             (size_t)PyBytes_GET_SIZE(args[3]), &h->sink, NULL);
+    int rc = t ? ar_task_post(q, t) : AR_ENOMEM;
+    if (rc == AR_OK) return PyLong_FromVoidPtr(t);
+    pthread_mutex_lock(&h->mu);
+    h->inflight--;
+    pthread_mutex_unlock(&h->mu);
+    if (t) ar_task_release(t);
+    if (rc == AR_ECLOSED) PyErr_SetString(PyExc_ConnectionError, "the runtime was unloaded");
+    else if (rc == AR_EFULL) PyErr_SetString(PyExc_BlockingIOError, "the task queue is full");
+    else PyErr_NoMemory();
+    return NULL;
+}
+
+/* host_abort(task): the caller gave up (only for tasks not yet collected). */
+static PyObject *nat_host_abort(PyObject *self, PyObject *task)
+{
+    (void)self;
+    void *t = PyLong_AsVoidPtr(task);
+    if (!t) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "NULL task");
+        return NULL;
+    }
+    ar_task_abort(t);
+    Py_RETURN_NONE;
+}
+
+/* host_collect(host) -> [(task, rc, bytes | None), ...]; releases each task. */
+static PyObject *nat_host_collect(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    local_host *h = host_arg(arg);
+    if (!h) return NULL;
+    uint64_t v;
+    while (read(h->efd, &v, sizeof v) < 0 && errno == EINTR) {
+    }
+    pthread_mutex_lock(&h->mu);
+    size_t n = h->ndone;
+    ar_task **mine = n ? malloc(n * sizeof *mine) : NULL;
+    if (n && !mine) {
+        pthread_mutex_unlock(&h->mu);
+        return PyErr_NoMemory();          /* left in place: the next collect gets them */
+    }
+    if (n) memcpy(mine, h->done, n * sizeof *mine);
+    h->ndone = 0;
+    h->inflight -= n;
+    pthread_mutex_unlock(&h->mu);
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; i < n; i++) {
+        ar_task *t = mine[i];
+        PyObject *item = NULL;
+        if (out) {
+            size_t len;
+            const char *r = ar_task_response(t, &len);
+            PyObject *body = r ? PyBytes_FromStringAndSize(r, (Py_ssize_t)len) : Py_NewRef(Py_None);
+            item = body ? Py_BuildValue("(NiN)", PyLong_FromVoidPtr(t), ar_task_rc(t), body) : NULL;
+            if (item) {
+                PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+            } else {
+                Py_CLEAR(out);
+            }
+        }
+        ar_task_release(t);
+    }
+    free(mine);
+    return out;
+}
+
+/* host_free(host): only once nothing is in flight; False otherwise. */
+static PyObject *nat_host_free(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    local_host *h = host_arg(arg);
+    if (!h) return NULL;
+    pthread_mutex_lock(&h->mu);
+    size_t busy = h->inflight;
+    pthread_mutex_unlock(&h->mu);
+    if (busy) Py_RETURN_FALSE;
+    close(h->efd);
+    pthread_mutex_destroy(&h->mu);
+    free(h->done);
+    free(h);
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"queue_ref", nat_queue_ref, METH_O, "queue_ref(tq) -> keep the queue alive"},
     {"queue_unref", nat_queue_unref, METH_O, "queue_unref(tq) -> drop a queue_ref"},
@@ -247,11 +416,19 @@ static PyMethodDef methods[] = {
     {"drain", nat_drain, METH_O, "drain(tq) -> (tasks, aborted_ids) or None when unloaded"},
     {"respond", (PyCFunction)(void (*)(void))nat_respond, METH_FASTCALL,
      "respond(task, rc, data) -> answer a drained task exactly once"},
-    {"step", (PyCFunction)(void (*)(void))nat_step, METH_FASTCALL,
-     "step(task, coro, answer_bytes) -> None (answered) | (value,) | (coro, yielded)"},
     {"set_thread_name", nat_set_thread_name, METH_O,
      "set_thread_name(name) -> name the calling OS thread (15 bytes kept)"},
     {"unload", nat_unload, METH_O, "unload(tq) -> unload the runtime (stops intake)"},
+    {"queue_closed", nat_queue_closed, METH_O, "queue_closed(tq) -> True once unloaded"},
+    {"queue_new", nat_queue_new, METH_NOARGS, "queue_new() -> a queue outside the registry"},
+    {"set_error", (PyCFunction)(void (*)(void))nat_set_error, METH_FASTCALL,
+     "set_error(tq, msg) -> say why libffi_init fails"},
+    {"host_new", nat_host_new, METH_NOARGS, "host_new() -> (host, fd): an in-process host"},
+    {"host_post", (PyCFunction)(void (*)(void))nat_host_post, METH_FASTCALL,
+     "host_post(host, tq, method, payload) -> task"},
+    {"host_abort", nat_host_abort, METH_O, "host_abort(task) -> the caller gave up"},
+    {"host_collect", nat_host_collect, METH_O, "host_collect(host) -> [(task, rc, body)]"},
+    {"host_free", nat_host_free, METH_O, "host_free(host) -> False while tasks are in flight"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,24 +2,35 @@
 
 An :class:`App` maps Lua method names (``runtime:<method>(req)``) to ``async def``
 handlers. Payloads arrive as ``bytes``; a handler returns ``bytes``, ``str`` or
-``None``. With ``codec="msgpack"`` the request is unpacked before the call and the
-result packed after it, so Lua can exchange tables (via a msgpack library) or
-plain strings/numbers.
+``None``. With ``codec="json"`` or ``codec="msgpack"`` the request is decoded
+before the call and the result encoded after it, so Lua can exchange tables
+(``cjson`` / a msgpack library) or plain strings and numbers.
+
+``@app.on_startup`` / ``@app.on_shutdown`` hooks run on the runtime's loop:
+startup before the first call is served (a failure fails the load), shutdown
+when the runtime is unloaded or the process exits. ``app.config`` is the JSON
+object given after the app spec in the cfg string; ``app.state`` is a
+namespace for what the hooks create (a shared HTTP client, a pool).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Coroutine
+import json
+import traceback
+import types
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
 
 import msgpack
 
-Codec = Literal["bytes", "msgpack"]
+Codec = Literal["bytes", "msgpack", "json"]
+CODECS = ("bytes", "msgpack", "json")
 HandlerFn = Callable[[Any], Coroutine[Any, Any, Any]]
+Hook = Callable[[], Awaitable[None]]
 
 # rc values answered to Lua (ok == false, res_or_rc == rc, err == message).
 RC_ERROR = 1  # the handler raised
@@ -29,7 +40,36 @@ RC_BAD_REQUEST = 4  # the payload could not be decoded by the handler's codec
 RC_BAD_RESULT = 5  # the result could not be encoded
 RC_CANCELLED = 6  # the caller went away, or the runtime was shut down
 
+DEFAULT_TIMEOUT = 30.0  # seconds a call may run unless the App or handler says otherwise
+
 _UNSET: Any = object()
+
+
+def safe_text(text: str) -> bytes:
+    """UTF-8 that always encodes: lone surrogates become ``\\udcxx`` escapes."""
+    return text.encode("utf-8", "backslashreplace")
+
+
+def describe(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when its ``__str__`` raises."""
+    try:
+        return str(exc)
+    except BaseException:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def last_line(exc: BaseException) -> str:
+    """The last line of the exception's traceback (``ValueError: bad x``)."""
+    lines = traceback.format_exception_only(type(exc), exc)
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
+def _check_timeout(timeout: Any, what: str) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{what} must be a positive number of seconds, got {timeout!r}")
+    if timeout == float("inf"):
+        raise ValueError(f"{what} must be finite: every call has a bounded timeout")
+    return float(timeout)
 
 
 class HandlerError(Exception):
@@ -48,64 +88,99 @@ class Handler:
     name: str
     fn: HandlerFn
     codec: Codec
-    timeout: float | None
-    eager: bool
-
-    # raw bytes in and eager start: the runtime's inline path applies
-    fast: bool = field(init=False)
+    timeout: float
+    decode: Callable[[bytes], Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "fast", self.codec == "bytes" and self.eager)
+        dec = _identity if self.codec == "bytes" else self._decode
+        object.__setattr__(self, "decode", dec)
 
-    def decode(self, payload: bytes) -> Any:
-        if self.codec == "msgpack":
+    def _decode(self, payload: bytes) -> Any:
+        try:
+            if self.codec == "json":
+                return json.loads(payload)
+            return msgpack.unpackb(payload, raw=False)
+        except Exception as e:
+            raise HandlerError(
+                f"aioresty: '{self.name}' expects a {self.codec} payload: {e}", RC_BAD_REQUEST
+            ) from None
+
+    def encode(self, result: Any) -> bytes | None:
+        if self.codec == "json":
             try:
-                return msgpack.unpackb(payload, raw=False)
-            except Exception as e:
+                return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
+            except (TypeError, ValueError) as e:
                 raise HandlerError(
-                    f"aioresty: '{self.name}' expects a msgpack payload: {e}", RC_BAD_REQUEST
+                    f"aioresty: '{self.name}' returned a value json cannot encode: {e}",
+                    RC_BAD_RESULT,
                 ) from None
-        return payload
-
-    def encode(self, result: Any) -> bytes | str | None:
         if self.codec == "msgpack":
             try:
-                return msgpack.packb(result, use_bin_type=True)
+                return msgpack.packb(result, use_bin_type=True)  # type: ignore[no-any-return]
             except Exception as e:
                 raise HandlerError(
                     f"aioresty: '{self.name}' returned a value msgpack cannot pack: {e}",
                     RC_BAD_RESULT,
                 ) from None
-        if result is None or isinstance(result, (bytes, str)):
+        if result is None or isinstance(result, bytes):
             return result
+        if isinstance(result, str):
+            try:
+                return result.encode()
+            except UnicodeEncodeError as e:
+                raise HandlerError(
+                    f"aioresty: '{self.name}' returned a str that is not valid UTF-8 ({e.reason} "
+                    f"at position {e.start})",
+                    RC_BAD_RESULT,
+                ) from None
         if isinstance(result, (bytearray, memoryview)):
             return bytes(result)
         raise HandlerError(
             f"aioresty: '{self.name}' returned {type(result).__name__}; return bytes or str, "
-            "or register it with codec='msgpack'",
+            "or register it with codec='json' or codec='msgpack'",
             RC_BAD_RESULT,
         )
+
+
+def _identity(payload: bytes) -> bytes:
+    return payload
 
 
 def error_answer(handler: str, exc: BaseException) -> tuple[int, str]:
     """The (rc, message) answered for an exception escaping a handler."""
     if isinstance(exc, HandlerError):
-        return exc.rc, exc.message
-    return RC_ERROR, f"aioresty: handler '{handler}' raised {type(exc).__name__}: {exc}"
+        msg = exc.message if isinstance(exc.message, str) else describe(exc)
+        return exc.rc, msg
+    return RC_ERROR, f"aioresty: handler '{handler}' raised {type(exc).__name__}: {describe(exc)}"
 
 
 class App:
     """A set of ``async def`` handlers served by one aioresty runtime.
 
-    ``timeout``: default seconds a handler may run (None = no limit).
-    ``unload_grace``: seconds in-flight handlers get to finish when the runtime is
-    unloaded, before they are cancelled.
+    ``timeout``: default seconds a call may run before it is answered rc 3 and
+    cancelled (bounded: a positive, finite number).  ``unload_grace``: seconds
+    in-flight calls get to finish when the runtime is unloaded (then they are
+    cancelled), and again the shutdown hooks.  ``startup_timeout``: seconds the
+    startup hooks may take before the load fails.
     """
 
-    def __init__(self, *, timeout: float | None = 60.0, unload_grace: float = 5.0) -> None:
-        self.timeout = timeout
+    def __init__(
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        unload_grace: float = 5.0,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.timeout = _check_timeout(timeout, "App timeout")
         self.unload_grace = unload_grace
+        self.startup_timeout = _check_timeout(startup_timeout, "App startup_timeout")
+        #: the JSON object after the app spec in the cfg string ({} without one)
+        self.config: dict[str, Any] = {}
+        #: a namespace for what startup hooks create (clients, pools)
+        self.state = types.SimpleNamespace()
         self._handlers: dict[str, Handler] = {}
+        self._startup_hooks: list[Hook] = []
+        self._shutdown_hooks: list[Hook] = []
         # Envoy HTTP filter hooks (aioresty/filters.py): phase -> hooks in order
         self._filter_hooks: dict[str, list[Any]] = {"request": [], "response": []}
         self._filter_handlers: dict[tuple[str, int], Handler] = {}
@@ -116,23 +191,19 @@ class App:
         *,
         name: str | None = None,
         codec: Codec = "bytes",
-        timeout: float | None = _UNSET,
-        eager: bool = True,
+        timeout: float = _UNSET,
     ) -> Any:
         """Register an ``async def`` handler; usable bare or with options.
 
-        ``@app.handler`` / ``@app.handler("lua_name", codec="msgpack", timeout=2)``.
-        By default the handler's first step runs eagerly, outside any asyncio Task
-        (a Task is made only if it suspends). ``eager=False`` starts it as a real
-        Task instead; needed when its first step uses ``asyncio.current_task()``
-        (``asyncio.timeout``, an aiohttp client call before the first ``await``).
+        ``@app.handler`` / ``@app.handler("lua_name", codec="json", timeout=2)``.
+        Each call runs as its own asyncio Task, in its own copy of the context.
         """
         if isinstance(fn_or_name, str):
             name = fn_or_name
             fn_or_name = None
 
         def register(fn: HandlerFn) -> HandlerFn:
-            self.add(fn, name=name, codec=codec, timeout=timeout, eager=eager)
+            self.add(fn, name=name, codec=codec, timeout=timeout)
             return fn
 
         if fn_or_name is not None:
@@ -145,29 +216,35 @@ class App:
         *,
         name: str | None = None,
         codec: Codec = "bytes",
-        timeout: float | None = _UNSET,
-        eager: bool = True,
+        timeout: float = _UNSET,
     ) -> Handler:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"aioresty handlers must be 'async def' functions, got {fn!r}")
-        if codec not in ("bytes", "msgpack"):
-            raise ValueError(f"unknown codec {codec!r} (use 'bytes' or 'msgpack')")
+        if codec not in CODECS:
+            raise ValueError(f"unknown codec {codec!r} (use 'bytes', 'json' or 'msgpack')")
         hname = name or fn.__name__
         if hname.startswith("__"):
             raise ValueError(f"handler name {hname!r} is reserved (names starting with '__')")
-        h = Handler(
-            name=hname,
-            fn=fn,
-            codec=codec,
-            timeout=self.timeout if timeout is _UNSET else timeout,
-            eager=eager,
-        )
+        t = self.timeout if timeout is _UNSET else _check_timeout(timeout, f"'{hname}' timeout")
+        h = Handler(name=hname, fn=fn, codec=codec, timeout=t)
         self._handlers[hname] = h
         return h
 
-    def on_request(
-        self, fn: HandlerFn | None = None, *, body: bool = False, eager: bool = True
-    ) -> Any:
+    def on_startup(self, fn: Hook) -> Hook:
+        """``@app.on_startup``: an ``async def`` run on the runtime's loop before
+        the first call is served, in registration order; if one raises, the
+        runtime does not load (Lua's error ends with the exception's last line)."""
+        self._startup_hooks.append(_check_hook(fn, "on_startup"))
+        return fn
+
+    def on_shutdown(self, fn: Hook) -> Hook:
+        """``@app.on_shutdown``: an ``async def`` run on the runtime's loop when it
+        is unloaded or the process exits, after the calls in flight (bounded by
+        ``unload_grace``)."""
+        self._shutdown_hooks.append(_check_hook(fn, "on_shutdown"))
+        return fn
+
+    def on_request(self, fn: HandlerFn | None = None, *, body: bool = False) -> Any:
         """Register an Envoy filter hook for requests (aioresty/filters.py).
 
         ``@app.on_request`` / ``@app.on_request(body=True)``: the hook gets a
@@ -176,15 +253,13 @@ class App:
         """
         from .filters import register
 
-        return register(self, "request", fn, body, eager)
+        return register(self, "request", fn, body)
 
-    def on_response(
-        self, fn: HandlerFn | None = None, *, body: bool = False, eager: bool = True
-    ) -> Any:
+    def on_response(self, fn: HandlerFn | None = None, *, body: bool = False) -> Any:
         """Register an Envoy filter hook for responses (FilterResponse)."""
         from .filters import register
 
-        return register(self, "response", fn, body, eager)
+        return register(self, "response", fn, body)
 
     def lookup(self, method: str) -> Handler:
         h = self._handlers.get(method)
@@ -198,6 +273,12 @@ class App:
     @property
     def handlers(self) -> dict[str, Handler]:
         return dict(self._handlers)
+
+
+def _check_hook(fn: Any, what: str) -> Hook:
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"@app.{what} needs an 'async def' function, got {fn!r}")
+    return fn  # type: ignore[no-any-return]
 
 
 def app_from_module(module: ModuleType) -> App:
@@ -218,6 +299,23 @@ def app_from_module(module: ModuleType) -> App:
     return app
 
 
+def split_cfg(cfg: str) -> tuple[str, dict[str, Any]]:
+    """``"pkg.module[:app] {json}"`` -> (spec, config); the JSON is optional."""
+    spec, _, rest = cfg.strip().partition(" ")
+    rest = rest.strip()
+    if not rest:
+        return spec, {}
+    try:
+        config = json.loads(rest)
+    except ValueError as e:
+        raise ValueError(f"bad app config after '{spec}' (expected a JSON object): {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"bad app config after '{spec}': expected a JSON object, got {type(config).__name__}"
+        )
+    return spec, config
+
+
 def load_app(spec: str) -> App:
     """Resolve ``"pkg.module"`` or ``"pkg.module:attr"`` to an App."""
     modname, _, attr = spec.partition(":")
@@ -225,10 +323,12 @@ def load_app(spec: str) -> App:
         raise ValueError(f"bad app spec {spec!r}: expected 'pkg.module' or 'pkg.module:app'")
     module = importlib.import_module(modname)
     if not attr:
-        return app_from_module(module)
-    obj: App | Any = getattr(module, attr, None)
-    if obj is None:
-        raise LookupError(f"module '{modname}' has no attribute '{attr}'")
-    if not isinstance(obj, App):
-        raise TypeError(f"'{spec}' is {type(obj).__name__}, not an aioresty.App")
-    return obj
+        app = app_from_module(module)
+    else:
+        obj: App | Any = getattr(module, attr, None)
+        if obj is None:
+            raise LookupError(f"module '{modname}' has no attribute '{attr}'")
+        if not isinstance(obj, App):
+            raise TypeError(f"'{spec}' is {type(obj).__name__}, not an aioresty.App")
+        app = obj
+    return app

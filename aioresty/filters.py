@@ -286,17 +286,16 @@ class FilterHook:
     fn: Callable[[Any], Awaitable[Any]]
     phase: Phase
     body: bool
-    eager: bool
 
 
-def register(app: Any, phase: Phase, fn: _F | None, body: bool, eager: bool) -> Any:
+def register(app: Any, phase: Phase, fn: _F | None, body: bool) -> Any:
     """``App.on_request`` / ``App.on_response`` (usable bare or with options)."""
 
     def add(f: _F) -> _F:
         checked: Any = f  # the check narrows its argument's type; keep f's
         if not inspect.iscoroutinefunction(checked):
             raise TypeError(f"aioresty filter hooks must be 'async def' functions, got {f!r}")
-        app._filter_hooks[phase].append(FilterHook(f, phase, body, eager))
+        app._filter_hooks[phase].append(FilterHook(f, phase, body))
         app._filter_handlers.clear()
         return f
 
@@ -325,13 +324,11 @@ def _handler(app: Any, method: str, timeout_ms: int) -> Handler:
     key = (method, timeout_ms)
     h: Handler | None = app._filter_handlers.get(key)
     if h is None:
-        hooks = app._filter_hooks["request" if method == METHOD_REQUEST else "response"]
         h = Handler(
             name=method,
             fn=_info,
             codec="bytes",
-            timeout=timeout_ms / 1000.0 if timeout_ms else None,
-            eager=all(x.eager for x in hooks),
+            timeout=timeout_ms / 1000.0 if timeout_ms else app.timeout,
         )
         app._filter_handlers[key] = h
     return h

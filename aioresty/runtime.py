@@ -1,25 +1,35 @@
 """The runtime thread: one asyncio (uvloop) loop per loaded runtime.
 
 The loop watches the queue's wake-up eventfd. Each wake drains every queued task
-in one batch; each handler starts eagerly (run up to its first real suspension;
-a Task is created only if it suspends) and its answer goes back through
-``ngx_http_lua_ffi_respond``. Every drained task is answered exactly once, on
-every path: result, exception, timeout, abort, shutdown.
+in one batch. Every call runs as its own asyncio Task, in its own copy of the
+runtime's context, from its first line: ``current_task()`` is that Task, and
+``asyncio.timeout``, ``TaskGroup``, anyio/sniffio-based libraries (httpx) and
+aiohttp work as under ``asyncio.run``. On Python >= 3.12 the Task starts eagerly
+(``eager_start``: a handler that never suspends is answered before the Task is
+scheduled); on 3.11 it is scheduled as ``loop.create_task`` would.
+
+Every drained task is answered exactly once, on every path, through
+:meth:`_Call.reply`: result, exception, unencodable result or message, timeout
+(answered when it fires, then the handler is cancelled), abort, shutdown, a
+``BaseException`` from the handler or from any background task (the loop keeps
+serving), and the loop thread ending (the queue is closed at once, everything
+still queued or in flight is answered).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import sys
 import threading
-import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine
 from typing import Any
 
 from . import _native, filters
 from .app import (
+    RC_BAD_RESULT,
     RC_CANCELLED,
     RC_ERROR,
     RC_TIMEOUT,
@@ -27,9 +37,16 @@ from .app import (
     Handler,
     HandlerError,
     error_answer,
+    last_line,
+    safe_text,
 )
 
 log = logging.getLogger("aioresty.runtime")
+
+_EAGER = sys.version_info >= (3, 12)
+_Task = asyncio.Task
+_respond = _native.respond
+_FINALLY_GRACE = 1.0  # seconds cancelled calls get to unwind at unload
 
 _HOST_SIGNALS = {
     signal.SIGINT,
@@ -53,41 +70,67 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], first: Any) -> Generator[Any, Any, Any]:
-    """Continue a coroutine that already ran up to its first suspension point."""
-    yielded = first
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as exc:  # includes CancelledError thrown by the Task
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
+def _send(ptr: int, rc: int, data: bytes | None, name: str) -> None:
+    """Answer the task ``ptr`` now; never raises, never leaves it unanswered."""
+    try:
+        _native.respond(ptr, rc, data)
+        return
+    except BaseException as exc:  # respond raised: not answered yet
+        why = f"aioresty: the answer of '{name}' could not be sent: {type(exc).__name__}"
+    try:
+        _native.respond(ptr, rc or RC_BAD_RESULT, safe_text(why))
+    except BaseException:
+        _native.respond(ptr, rc or RC_BAD_RESULT, None)
 
 
 class _Call:
-    """A handler that suspended: its Task and why it may get cancelled."""
+    """One drained task: its Task, its timer, and whether it was answered."""
 
-    __slots__ = ("reason", "task", "timer")
+    __slots__ = ("answered", "handler", "ptr", "task", "tid", "timer")
 
-    def __init__(self) -> None:
+    def __init__(self, ptr: int, tid: int, handler: Handler) -> None:
+        self.ptr = ptr
+        self.tid = tid
+        self.handler = handler
+        self.answered = False
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.reason = ""
+
+    def reply(self, rc: int, data: bytes | None) -> None:
+        """The one place a call is answered: a second answer is dropped."""
+        if self.answered:
+            return
+        self.answered = True
+        _send(self.ptr, rc, data, self.handler.name)
+
+    def reply_result(self, result: Any) -> None:
+        try:
+            out = self.handler.encode(result)
+        except HandlerError as exc:
+            self.reply(exc.rc, safe_text(exc.message))
+            return
+        except BaseException as exc:
+            msg = f"aioresty: the result of '{self.handler.name}' cannot be encoded: {exc!r}"
+            self.reply(RC_BAD_RESULT, safe_text(msg))
+            return
+        self.reply(0, b"" if out is None else out)  # None answers "" (not nil)
+
+    def reply_error(self, exc: BaseException) -> None:
+        self.reply(*_error(self.handler.name, exc))
+
+    def cancel(self, rc: int, msg: str) -> None:
+        """Answer now, then cancel the handler at its current await."""
+        self.reply(rc, safe_text(msg))
+        if self.task is not None:
+            self.task.cancel()
 
 
-def _wanted_a_task(exc: BaseException) -> bool:
-    """asyncio.timeout, aiohttp's timer, sniffio/anyio: "needs the current Task"."""
-    if type(exc).__name__ == "AsyncLibraryNotFoundError":
-        return True
-    return isinstance(exc, RuntimeError) and "task" in str(exc).lower()
+def _error(name: str, exc: BaseException) -> tuple[int, bytes]:
+    """(rc, message) for an exception escaping a handler; logs handler bugs."""
+    rc, msg = error_answer(name, exc)
+    if rc == RC_ERROR:
+        log.error("%s", msg, exc_info=(type(exc), exc, exc.__traceback__))
+    return rc, safe_text(msg)
 
 
 class Runtime:
@@ -99,46 +142,139 @@ class Runtime:
         self.name = name
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._ctx = contextvars.Context()
         self._inflight: dict[int, _Call] = {}
         self._closing = False
+        self._stopping = False
+        self._released = False  # drain returned -1: the runtime side's queue ref is gone
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
     # ------------------------------------------------------------------ thread
     def start(self) -> None:
+        """Start the loop thread and the app's startup hooks; raise if they fail."""
         # Our own reference: tq stays valid for as long as this object uses it,
         # even after the runtime side acknowledged the unload.
         _native.queue_ref(self.tq)
         self.thread = threading.Thread(target=self._run, name=f"aioresty:{self.name}", daemon=True)
         self.thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError(f"runtime '{self.name}': loop thread did not start")
+        limit = self.app.startup_timeout + 5.0
+        if not self._ready.wait(limit):
+            raise RuntimeError(f"runtime '{self.name}': loop thread did not start in {limit}s")
         if self._error is not None:
-            raise RuntimeError(f"runtime '{self.name}': loop thread failed") from self._error
+            raise self._error
 
     def _run(self) -> None:
         # Signals belong to the host: never deliver them to this thread.
         signal.pthread_sigmask(signal.SIG_BLOCK, _HOST_SIGNALS)
         # Visible in top -H and /proc (it would inherit the proxy thread's name).
         _native.set_thread_name(f"ar-{self.name}")
+        loop = new_event_loop()
+        self.loop = loop
         try:
-            loop = new_event_loop()
             asyncio.set_event_loop(loop)
-            self.loop = loop
+            loop.set_exception_handler(self._on_loop_error)
+            loop.run_until_complete(self._startup())
+            # Each call runs in a copy of this context (what startup left).
+            self._ctx = contextvars.copy_context()
             loop.add_reader(_native.queue_fd(self.tq), self._on_wake)
         except BaseException as exc:
             self._error = exc
-            self._ready.set()
+            self._close_loop(loop)
             _native.queue_unref(self.tq)
+            self._ready.set()
             return
         self._ready.set()
+        why = "stopped"
         try:
-            loop.run_forever()
+            self._serve_forever(loop)
+        except BaseException as exc:  # only our own code can get here
+            why = f"its loop failed: {last_line(exc)}"
+            log.critical("runtime '%s': %s", self.name, why, exc_info=True)
+        finally:
+            self._end(loop, why)
+
+    def _serve_forever(self, loop: asyncio.AbstractEventLoop) -> None:
+        """run_forever until _stop_loop; survives what escapes the loop."""
+        while True:
+            try:
+                loop.run_forever()
+            except BaseException as exc:  # KeyboardInterrupt/SystemExit from a task
+                log.error(
+                    "runtime '%s': %s escaped the event loop (a background task?); "
+                    "the runtime keeps serving",
+                    self.name,
+                    type(exc).__name__,
+                    exc_info=(type(exc), exc, exc.__traceback__),
+                )
+                continue
+            if self._stopping:
+                return
+            log.warning("runtime '%s': loop.stop() called by app code ignored", self.name)
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        msg = context.get("message", "error in the event loop")
+        info = (type(exc), exc, exc.__traceback__) if isinstance(exc, BaseException) else None
+        log.error("runtime '%s': %s", self.name, msg, exc_info=info)
+
+    def _end(self, loop: asyncio.AbstractEventLoop, why: str) -> None:
+        """The loop thread ends: nothing queued or in flight stays unanswered."""
+        msg = safe_text(f"aioresty: runtime '{self.name}' {why}")
+        if not self._released:
+            _native.unload(self.tq)  # posts fail fast from now on
+            while True:
+                batch = _native.drain(self.tq)
+                if batch is None:
+                    break
+                for ptr, _tid, method, _payload, _aborted in batch[0]:
+                    _send(ptr, RC_CANCELLED, msg, method)
+            self._released = True
+            if why != "stopped":
+                log.critical("runtime '%s' %s: its queue is closed", self.name, why)
+        for call in list(self._inflight.values()):
+            call.reply(RC_CANCELLED, msg)
+        self._inflight.clear()
+        try:
+            loop.run_until_complete(self._shutdown())
+        except BaseException:
+            log.exception("runtime '%s': shutdown hooks failed", self.name)
+        self._close_loop(loop)
+        _forget(self)
+        _native.queue_unref(self.tq)
+        log.info("runtime '%s' stopped", self.name)
+
+    def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """As asyncio.run ends: cancel what is left, bounded, then close."""
+        try:
+            left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in left:
+                t.cancel()
+            if left:
+                done = asyncio.wait(left, timeout=self.app.unload_grace)
+                loop.run_until_complete(done)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        except BaseException:
+            log.exception("runtime '%s': error while closing its loop", self.name)
         finally:
             loop.close()
-            _forget(self)
-            _native.queue_unref(self.tq)
-            log.info("runtime '%s' stopped", self.name)
+
+    async def _startup(self) -> None:
+        async with asyncio.timeout(self.app.startup_timeout):
+            for hook in self.app._startup_hooks:
+                await hook()
+
+    async def _shutdown(self) -> None:
+        try:
+            async with asyncio.timeout(self.app.unload_grace):
+                for hook in self.app._shutdown_hooks:
+                    await hook()
+        except TimeoutError:
+            log.error(
+                "runtime '%s': shutdown hooks did not finish in %.1fs",
+                self.name,
+                self.app.unload_grace,
+            )
 
     def join(self, timeout: float | None = None) -> bool:
         if self.thread is not None:
@@ -150,132 +286,96 @@ class Runtime:
     def _on_wake(self) -> None:
         batch = _native.drain(self.tq)
         if batch is None:
+            self._released = True
             self._begin_unload()
             return
         tasks, aborted = batch
         handlers = self.app._handlers
-        respond = _native.respond
-        for task, tid, method, payload, was_aborted in tasks:
+        loop, ctx, inflight, serve = self.loop, self._ctx, self._inflight, self._serve
+        started: list[_Call] = []
+        for ptr, tid, method, payload, was_aborted in tasks:
+            if was_aborted:
+                _send(ptr, RC_CANCELLED, b"aioresty: the caller went away", method)
+                continue
             handler = handlers.get(method)
-            if handler is None or was_aborted or not handler.fast:
-                if was_aborted:
-                    respond(task, RC_CANCELLED, "aioresty: the caller went away")
-                else:
-                    self._dispatch(task, tid, method, payload)
-                continue
             try:
-                coro = handler.fn(payload)
+                if handler is None:
+                    handler, coro = self._special(method, payload)
+                elif handler.codec == "bytes":
+                    coro = handler.fn(payload)
+                else:
+                    coro = handler.fn(handler.decode(payload))
             except BaseException as exc:
-                self._answer_error(task, method, exc)
+                _send(ptr, *_error(method, exc), method)
                 continue
-            self._start_eagerly(task, tid, handler, coro)
+            call = _Call(ptr, tid, handler)
+            inflight[tid] = call
+            try:
+                if _EAGER:  # the first step runs here, inside the new Task
+                    call.task = _Task(  # type: ignore[call-arg]
+                        serve(call, coro), loop=loop, context=ctx.copy(), eager_start=True
+                    )
+                else:
+                    call.task = _Task(serve(call, coro), loop=loop, context=ctx.copy())
+            except BaseException as exc:  # the Task could not be made
+                coro.close()
+                inflight.pop(tid, None)
+                call.reply_error(exc)
+            if not call.answered:
+                started.append(call)
+        if started:
+            assert loop is not None
+            if _EAGER:
+                self._arm(started)
+            else:  # after the Tasks' first steps, queued before this
+                loop.call_soon(self._arm, started)
         for tid in aborted:
-            call = self._inflight.get(tid)
-            if call is not None and call.task is not None:
-                call.reason = "aborted"
-                call.task.cancel()
+            gone = inflight.get(tid)
+            if gone is not None:
+                gone.cancel(RC_CANCELLED, "aioresty: the caller went away")
 
-    def _dispatch(self, task: int, tid: int, method: str, payload: bytes) -> None:
-        try:
-            if method.startswith("__filter_"):  # Envoy filter hooks (filters.py)
-                handler, coro = filters.call(self.app, method, payload)
-            else:
-                handler = self.app.lookup(method)
-                coro = handler.fn(handler.decode(payload))
-        except BaseException as exc:
-            self._answer_error(task, method, exc)
-            return
-        if not handler.eager:
-            self._track(task, tid, handler, self._finish(task, tid, handler, coro, None, False))
-            return
-        self._start_eagerly(task, tid, handler, coro)
+    def _special(self, method: str, payload: bytes) -> tuple[Handler, Coroutine[Any, Any, Any]]:
+        if method.startswith("__filter_"):  # Envoy filter hooks (filters.py)
+            return filters.call(self.app, method, payload)
+        handler = self.app.lookup(method)  # raises: no such handler
+        return handler, handler.fn(handler.decode(payload))
 
-    def _start_eagerly(
-        self, task: int, tid: int, handler: Handler, coro: Coroutine[Any, Any, Any]
-    ) -> None:
-        """Eager start: the handler runs up to its first suspension right here
-        (outside any Task); most answers need no Task at all, and a bytes answer
-        of a bytes-codec handler is sent by _native.step itself."""
-        try:
-            started = _native.step(task, coro, handler.codec == "bytes")
-        except BaseException as exc:
-            self._answer_error(task, handler.name, exc, first_step=True)
-            return
-        if started is None:
-            return
-        if len(started) == 1:
-            self._answer(task, handler, started[0])
-            return
-        coro, first = started
-        self._track(task, tid, handler, self._finish(task, tid, handler, coro, first, True))
-
-    def _track(
-        self, task: int, tid: int, handler: Handler, body: Coroutine[Any, Any, None]
-    ) -> None:
+    def _arm(self, calls: list[_Call]) -> None:
+        """Per-call timeouts, only for calls still running after their first step."""
         assert self.loop is not None
-        call = _Call()
-        call.task = self.loop.create_task(body)
-        if handler.timeout is not None:
-            call.timer = self.loop.call_later(handler.timeout, self._expire, call)
-        self._inflight[tid] = call
+        call_later = self.loop.call_later
+        for call in calls:
+            if not call.answered:
+                call.timer = call_later(call.handler.timeout, self._expire, call)
 
-    @staticmethod
-    def _expire(call: _Call) -> None:
-        if call.task is not None and not call.task.done():
-            call.reason = "timeout"
-            call.task.cancel()
+    def _expire(self, call: _Call) -> None:
+        name, timeout = call.handler.name, call.handler.timeout
+        log.warning("handler '%s' timed out after %ss: cancelled", name, timeout)
+        call.cancel(RC_TIMEOUT, f"aioresty: handler '{name}' timed out after {timeout}s")
 
-    async def _finish(
-        self,
-        task: int,
-        tid: int,
-        handler: Handler,
-        coro: Coroutine[Any, Any, Any],
-        first: Any,
-        started: bool,
-    ) -> None:
+    async def _serve(self, call: _Call, coro: Coroutine[Any, Any, Any]) -> None:
         try:
-            result = await (_resume(coro, first) if started else coro)
+            result = await coro
         except asyncio.CancelledError:
-            call = self._inflight.get(tid)
-            reason = call.reason if call is not None else ""
-            if reason == "timeout":
-                msg = f"aioresty: handler '{handler.name}' timed out after {handler.timeout}s"
-                _native.respond(task, RC_TIMEOUT, msg)
-            elif reason == "aborted":
-                _native.respond(task, RC_CANCELLED, "aioresty: the caller went away")
-            else:
-                _native.respond(task, RC_CANCELLED, "aioresty: runtime shutting down")
+            msg = f"aioresty: handler '{call.handler.name}' was cancelled"
+            call.reply(RC_CANCELLED, safe_text(msg))
         except BaseException as exc:
-            self._answer_error(task, handler.name, exc)
+            call.reply_error(exc)
         else:
-            self._answer(task, handler, result)
+            if type(result) is bytes and call.handler.codec == "bytes" and not call.answered:
+                call.answered = True  # the common answer, without reply_result's frames
+                try:
+                    _respond(call.ptr, 0, result)
+                except BaseException:
+                    _send(call.ptr, RC_BAD_RESULT, None, call.handler.name)
+            else:
+                call.reply_result(result)
         finally:
-            call = self._inflight.pop(tid, None)
-            if call is not None and call.timer is not None:
+            self._inflight.pop(call.tid, None)
+            if call.timer is not None:
                 call.timer.cancel()
             if self._closing and not self._inflight:
                 self._stop_loop()
-
-    def _answer(self, task: int, handler: Handler, result: Any) -> None:
-        try:
-            out = handler.encode(result)
-        except HandlerError as exc:
-            _native.respond(task, exc.rc, exc.message)
-            return
-        _native.respond(task, 0, b"" if out is None else out)
-
-    @staticmethod
-    def _answer_error(task: int, method: str, exc: BaseException, first_step: bool = False) -> None:
-        rc, msg = error_answer(method, exc)
-        if first_step and _wanted_a_task(exc):
-            msg += (
-                " (its first step ran eagerly, outside any asyncio Task: register it "
-                "with eager=False to start it in a Task)"
-            )
-        if rc == RC_ERROR:
-            log.error("%s", msg, exc_info=(type(exc), exc, exc.__traceback__))
-        _native.respond(task, rc, msg)
 
     # ------------------------------------------------------------------ unload
     def _begin_unload(self) -> None:
@@ -298,13 +398,16 @@ class Runtime:
 
     def _cancel_all(self) -> None:
         for call in list(self._inflight.values()):
-            if call.task is not None:
-                call.reason = "shutdown"
-                call.task.cancel()
+            call.cancel(RC_CANCELLED, "aioresty: runtime shutting down")
+        # cancelled handlers get a bounded moment for their finally blocks
+        assert self.loop is not None
+        self.loop.call_later(_FINALLY_GRACE, self._stop_loop)
 
     def _stop_loop(self) -> None:
         assert self.loop is not None
-        self.loop.stop()
+        if not self._stopping:
+            self._stopping = True
+            self.loop.stop()
 
 
 # Runtimes of this process, for shutdown_all() and diagnostics.
@@ -318,7 +421,26 @@ def _forget(rt: Runtime) -> None:
             _runtimes.remove(rt)
 
 
-def start(app: App, tq: int, name: str) -> Runtime:
+def start(app: App, tq: int, name: str, config: dict[str, Any] | None = None) -> Runtime:
+    """Serve tq with app on a new loop thread; ``config`` becomes ``app.config``.
+
+    An App that has startup hooks or a config serves one runtime at a time: a
+    second one would replace the first one's state (its clients belong to the
+    first loop)."""
+    config = {} if config is None else config
+    with _lock:
+        other = next((rt for rt in _runtimes if rt.app is app), None)
+    if other is not None and _native.queue_closed(other.tq):
+        # unloaded and still running its shutdown: let it finish first (bounded)
+        other.join(2 * app.unload_grace + 5.0)
+        with _lock:
+            other = next((rt for rt in _runtimes if rt.app is app), None)
+    if other is not None and (app._startup_hooks or config != app.config):
+        raise RuntimeError(
+            f"app '{name}' is already served by runtime '{other.name}' in this process "
+            "(an App with startup hooks or a config serves one runtime)"
+        )
+    app.config = config
     rt = Runtime(app, tq, name)
     rt.start()
     with _lock:
@@ -334,7 +456,8 @@ def shutdown_all(timeout: float | None = None) -> int:
         _native.unload(rt.tq)  # idempotent; rt holds a queue reference
     stuck = 0
     for rt in live:
-        limit = timeout if timeout is not None else rt.app.unload_grace + 5.0
+        # grace for in-flight calls, then the shutdown hooks' own grace
+        limit = timeout if timeout is not None else 2 * rt.app.unload_grace + 5.0
         if not rt.join(limit):
             print(f"[aioresty] runtime '{rt.name}' did not stop in {limit}s", file=sys.stderr)
             stuck += 1

@@ -6,6 +6,11 @@
 --   local ok, res_or_rc, err = rt:<method>(req[, request_handle])
 --   rt:__unload()
 --
+-- Every call is bounded: its timeout is resty_ffi.call's timeout_ms, else
+-- the runtime's opts.timeout, else the Lua VM's default
+-- (resty_ffi.DEFAULT_TIMEOUT_MS = 60000 ms; resty_ffi.set_default_timeout(ms)).
+-- A call that times out returns false, "timeout" and aborts its task.
+--
 -- ngx.load_ffi is the one global this module writes (it creates `ngx` when the
 -- host has none, as on Envoy).  Runtimes are cached per Lua VM under
 -- lib .. "&" .. cfg, and shared process-wide by the native registry.
@@ -24,8 +29,11 @@ local setmetatable = setmetatable
 local rawget = rawget
 local rawset = rawset
 local error = error
+local math_huge = math.huge
 
-local _M = { _VERSION = "0.1.0" }
+local _M = { _VERSION = "0.1.0", DEFAULT_TIMEOUT_MS = core.DEFAULT_TIMEOUT_MS }
+
+local default_timeout = core.DEFAULT_TIMEOUT_MS     -- ms, this Lua VM's
 
 local adapter
 local function get_adapter()
@@ -68,7 +76,10 @@ local function call(rt, method, req, handle, timeout_ms)
     if req ~= nil and type(req) ~= "string" then
         req = tostring(req)
     end
-    local rc, rsp = get_adapter().call(rt.q, method, req, handle, timeout_ms or rt.timeout or nil)
+    if type(timeout_ms) ~= "number" or not (timeout_ms > 0) or timeout_ms == math_huge then
+        timeout_ms = rt.timeout or default_timeout      -- never unbounded
+    end
+    local rc, rsp = get_adapter().call(rt.q, method, req, handle, timeout_ms)
     if rc == nil then
         return false, rsp
     end
@@ -139,8 +150,9 @@ function _M.load_ffi(lib, cfg, opts)
             flags = flags + core.LOAD_UNPIN
         end
         if opts.timeout ~= nil then
-            if type(opts.timeout) ~= "number" or opts.timeout <= 0 then
-                return nil, "ngx.load_ffi: opts.timeout must be a positive number (ms)"
+            if type(opts.timeout) ~= "number" or not (opts.timeout > 0)
+                    or opts.timeout == math_huge then
+                return nil, "ngx.load_ffi: opts.timeout must be a positive finite number (ms)"
             end
             timeout = opts.timeout
         end
@@ -171,6 +183,23 @@ function _M.load_ffi(lib, cfg, opts)
     }, mt)
     runtimes[key] = rt
     return rt
+end
+
+-- resty_ffi.set_default_timeout(ms): the timeout of every call of this Lua
+-- VM that has none of its own (no opts.timeout, no timeout_ms); -> true, or
+-- nil, err.  Set it where the VM starts (nginx: init_by_lua*; Envoy: the
+-- script's main chunk).  There is no "forever".
+function _M.set_default_timeout(ms)
+    if type(ms) ~= "number" or not (ms > 0) or ms == math_huge then
+        return nil, "resty_ffi.set_default_timeout: ms must be a positive finite number"
+    end
+    default_timeout = ms
+    return true
+end
+
+-- resty_ffi.default_timeout() -> the current default (ms)
+function _M.default_timeout()
+    return default_timeout
 end
 
 -- resty_ffi.call(rt, method, req, handle, timeout_ms): a call with its own

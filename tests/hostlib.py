@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import subprocess
+import sys
 import threading
 import zlib
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LIB_DIR = ROOT / "aioresty" / "_lib"
 CORE = LIB_DIR / "libaioresty_core.so"
-VENV = ROOT / ".venv"
+# the venv running the tests (.venv, .venv-3.13, ...): the host embeds its Python
+VENV = Path(sys.prefix) if sys.prefix != sys.base_prefix else ROOT / ".venv"
 
 
 def build_testhost(out: Path) -> Path:

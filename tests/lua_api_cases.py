@@ -18,6 +18,7 @@ import time
 import aiohttp
 import msgpack
 
+from tests import semantics_cases
 from tests.netutil import wait_until
 
 
@@ -98,3 +99,30 @@ def test_client_aborts_cancel_handlers(app):
     assert all(s == 200 and b == p for p, s, b in res)
     wait_until(lambda: app.log().count("sleep cancelled") >= 30, 10, "30 cancellations")
     assert app.proc.poll() is None
+
+
+# -- runtime semantics (tests/semantics_cases.py, app tests/apps/asyncapp.py)
+
+
+def _sem(app):
+    def call(method, body):
+        status, h, data = post(app, method, body, q="cfg=tests.apps.asyncapp")
+        return status, h.get("x-rc"), data
+
+    return call
+
+
+def test_broken_answers_lose_nothing(app):
+    semantics_cases.broken_answers_lose_nothing(_sem(app))
+
+
+def test_each_call_is_its_own_task(app):
+    semantics_cases.each_call_is_its_own_task(_sem(app))
+
+
+def test_contextvars_do_not_leak(app):
+    semantics_cases.contextvars_do_not_leak(_sem(app))
+
+
+def test_background_base_exceptions_keep_serving(app):
+    semantics_cases.background_base_exceptions_keep_serving(_sem(app), app.log)

@@ -15,7 +15,11 @@ from tests.apps import echoapp
 
 
 async def test_client_echo_and_dispatch() -> None:
-    client = AppClient(echoapp.app)
+    async with AppClient(echoapp.app) as client:
+        await _echo_and_dispatch(client)
+
+
+async def _echo_and_dispatch(client: AppClient) -> None:
     res = await client.call("echo", b"hi")
     assert res.ok and res.body == b"hi"
     assert (await client.call("upper", "abc")).text == "ABC"
@@ -24,7 +28,11 @@ async def test_client_echo_and_dispatch() -> None:
 
 
 async def test_client_maps_errors_like_the_runtime() -> None:
-    client = AppClient("tests.apps.echoapp")
+    async with AppClient("tests.apps.echoapp") as client:
+        await _errors(client)
+
+
+async def _errors(client: AppClient) -> None:
     fail = await client.call("fail", "x")
     assert (fail.rc, fail.text) == (1, "aioresty: handler 'fail' raised ValueError: bad input 'x'")
     assert (await client.call("refuse")).rc == 42
@@ -34,7 +42,8 @@ async def test_client_maps_errors_like_the_runtime() -> None:
 
 
 async def test_client_msgpack() -> None:
-    res = await AppClient(echoapp.app).call_msgpack("add", {"a": 1, "b": 2})
+    async with AppClient(echoapp.app) as client:
+        res = await client.call_msgpack("add", {"a": 1, "b": 2})
     assert res.unpack() == {"sum": 3, "echo": {"a": 1, "b": 2}}
 
 
@@ -44,7 +53,7 @@ def test_handlers_must_be_async() -> None:
         app.add(lambda req: req)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown codec"):
 
-        @app.handler(codec="json")  # type: ignore[arg-type]
+        @app.handler(codec="yaml")  # type: ignore[arg-type]
         async def f(req: bytes) -> bytes:
             return req
 

@@ -114,16 +114,12 @@ def test_abort_cancels_the_handler(py: Host) -> None:
     assert (started, cancelled) == ("1", "1")
 
 
-def test_eager_false_runs_in_a_task(py: Host) -> None:
-    assert py.call("p", "needs_task", "text:t").data == b"t"
-
-
-def test_a_first_step_that_needs_a_task_says_eager_false(py: Host) -> None:
+def test_asyncio_timeout_on_the_first_line(py: Host) -> None:
     answer = py.call("p", "timeout_first", "text:t")
-    assert answer.rc == 1 and "register it with eager=False" in answer.text, answer.text
+    assert (answer.rc, answer.data) == (0, b"t"), answer.text
 
 
-def test_aiohttp_call_before_the_first_await_with_eager_false(py: Host) -> None:
+def test_aiohttp_call_as_the_first_await(py: Host) -> None:
     class Hello(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
@@ -363,3 +359,14 @@ def test_unload_right_after_an_abort_still_stops_the_runtime(py: Host) -> None:
         time.sleep(0.05)
     assert "runtime 'tests.apps.echoapp' stopped" in py.stderr
     assert py.send("alive") == "alive tasks=0 queues=0"
+
+
+def test_a_failing_startup_hook_fails_the_load_with_its_last_line(host: Host) -> None:
+    line = host.send("load b aioresty tests.apps.badstart")  # (the host's cfg has no blanks)
+    assert line.startswith("err libffi_init of 'aioresty'"), line
+    assert line.endswith(
+        "rc=1: cannot start app 'tests.apps.badstart': "
+        "ConnectionRefusedError: redis at ? refused the connection"
+    ), line
+    typo = host.send("load t aioresty tests.apps.no_such_module")
+    assert typo.endswith("ModuleNotFoundError: No module named 'tests.apps.no_such_module'"), typo

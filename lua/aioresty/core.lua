@@ -47,6 +47,10 @@ local _M = {
     _VERSION = "0.1.0",
     OK = 0, EFULL = -1, ECLOSED = -2, ENOMEM = -3, EINVAL = -4, ELOAD = -5,
     LOAD_GLOBAL = 1, LOAD_UNPIN = 2,
+    -- the bounded default timeout (ms) of every runtime call, on every host
+    -- (resty_ffi.set_default_timeout changes it per Lua VM; the Envoy module's
+    -- C side has the same value: AR_DEFAULT_TIMEOUT_MS, native/envoy/timeouts.h)
+    DEFAULT_TIMEOUT_MS = 60000,
 }
 
 local function exists(path)

@@ -20,6 +20,9 @@ local os_getenv = os.getenv
 local ffi_cast = ffi.cast
 local math_floor = math.floor
 
+-- resty_ffi always passes a timeout; this is the fallback of a direct caller
+local DEFAULT_TIMEOUT_MS = require("aioresty.core").DEFAULT_TIMEOUT_MS
+
 local _M = { _VERSION = "0.1.0" }
 
 _M.cluster = os_getenv("AIORESTY_ENVOY_CLUSTER") or "aioresty_bridge"
@@ -64,10 +67,13 @@ function _M.call(q, method, req, handle, timeout_ms)
         [":path"] = "/" .. tostring(method),
         [":authority"] = queue_id(q),
     }
-    local options = { send_xff = false }
-    if type(timeout_ms) == "number" and timeout_ms > 0 then
-        options.timeout_ms = timeout_ms >= 1 and math_floor(timeout_ms) or 1
+    -- every call is bounded: Envoy answers 504 after timeout_ms and resets
+    -- the bridge stream, whose filter then aborts the task
+    if type(timeout_ms) ~= "number" or not (timeout_ms > 0) then
+        timeout_ms = DEFAULT_TIMEOUT_MS
     end
+    local options = { send_xff = false,
+                      timeout_ms = timeout_ms >= 1 and math_floor(timeout_ms) or 1 }
     local h, body = handle:httpCall(_M.cluster, headers, req, options)
     if not h then
         return nil, "bridge call failed"

@@ -49,8 +49,8 @@ function _M.call(q, method, req, handle, timeout_ms)
     if req ~= nil and type(req) ~= "string" then
         req = tostring(req)
     end
-    if type(timeout_ms) ~= "number" or timeout_ms < 0 then
-        timeout_ms = 0                          -- 0: no per-call timeout
+    if type(timeout_ms) ~= "number" or not (timeout_ms > 0) then
+        timeout_ms = 0                          -- 0: the module's AR_DEFAULT_TIMEOUT_MS
     end
     return native_call(handle, queue_address(q), method, req, timeout_ms)
 end

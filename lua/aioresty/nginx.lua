@@ -87,7 +87,9 @@ local YIELDABLE = {
 -- phases where ngx.on_abort exists
 local ABORTABLE = { rewrite = true, access = true, content = true }
 
-local FOREVER = 2147483            -- seconds: the semaphore's int ms ceiling
+local MAX_WAIT = 2147483           -- seconds: the semaphore's int ms ceiling
+-- resty_ffi always passes a timeout; this is the fallback of a direct caller
+local DEFAULT_TIMEOUT_MS = require("aioresty.core").DEFAULT_TIMEOUT_MS
 local READ_TIMEOUT_MS = 86400000   -- idle wake read; a sentinel ends it at exit
 local RETRY_DELAY = 1              -- seconds between failed (re)connects
 local SEMA_POOL_MAX = 1024
@@ -410,9 +412,13 @@ function _M.call(q, method, req, handle, timeout_ms) -- luacheck: ignore handle
         inflight = watch_abort(id, w)
     end
 
-    local wait_s = FOREVER
-    if type(timeout_ms) == "number" and timeout_ms >= 0 then
-        wait_s = timeout_ms / 1000
+    -- every call is bounded (resty_ffi's default, 60 s, when it has none)
+    if type(timeout_ms) ~= "number" or not (timeout_ms >= 0) then
+        timeout_ms = DEFAULT_TIMEOUT_MS
+    end
+    local wait_s = timeout_ms / 1000
+    if wait_s > MAX_WAIT then
+        wait_s = MAX_WAIT
     end
     local ok, err = sema:wait(wait_s)
 

@@ -116,6 +116,15 @@ AR_API uint64_t ar_task_id(const ar_task *t);
 /* 1 once the host gave up waiting (client gone, timeout). */
 AR_API int ar_task_aborted(const ar_task *t);
 
+/* Why libffi_init failed, for the host's load error: a runtime calls it on
+ * its tq before returning non-zero, and the registry appends the message
+ * (copied; the queue owns the copy) to the error ar_runtime_load reports. */
+AR_API void ar_queue_set_error(ar_queue *q, const char *msg);
+
+/* The message set by ar_queue_set_error, copied into out (NUL-terminated,
+ * cut to outlen - 1); returns its length, 0 when none. */
+AR_API size_t ar_queue_error(ar_queue *q, char *out, size_t outlen);
+
 /* ---------------------------------------------------------------------------
  * 3. Hosts
  * ------------------------------------------------------------------------ */
@@ -168,6 +177,12 @@ AR_API void ar_runtime_unload_all(void);
  * next to libaioresty_core.so, then by the dynamic linker's default search.
  * Writes the chosen path (or the bare soname) into out. */
 AR_API int ar_resolve_library(const char *lib, char *out, size_t outlen);
+
+/* A queue outside the registry, for in-process hosts that start a runtime
+ * on it themselves (aioresty.testing): the caller holds one reference and
+ * the runtime side one (dropped as for a loaded runtime).  Stop it with
+ * ar_runtime_unload.  NULL on out-of-memory.  max_queue <= 0 means 65536. */
+AR_API ar_queue *ar_queue_new(int max_queue);
 
 AR_API void ar_queue_ref(ar_queue *q);
 AR_API void ar_queue_unref(ar_queue *q);

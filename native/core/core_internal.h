@@ -28,6 +28,7 @@ struct ar_queue {
     atomic_int refs;
     int efd;                    /* wake-up eventfd, owned by the queue */
     void *registry_entry;       /* registry.c's bookkeeping, guarded by its lock */
+    char *load_error;           /* ar_queue_set_error's copy, owned by the queue, under mu */
 };
 
 /* task_queue.c */

@@ -195,8 +195,10 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
     free(cfg_copy);
     if (rc != 0) {
         /* Contract: a runtime that fails its init keeps no use of tq. */
-        set_err(err, errlen, "libffi_init of '%s' with cfg '%s' failed: rc=%d", lib,
-                cfg ? cfg : "(null)", rc);
+        char why[512];
+        size_t wl = ar_queue_error(q, why, sizeof why);
+        set_err(err, errlen, "libffi_init of '%s' with cfg '%s' failed: rc=%d%s%s", lib,
+                cfg ? cfg : "(null)", rc, wl ? ": " : "", wl ? why : "");
         free(e);
         ar_queue_close(q);
         ar_queue_unref(q);

@@ -144,6 +144,34 @@ ar_queue *ar_queue_create(int max_queue)
     return q;
 }
 
+ar_queue *ar_queue_new(int max_queue)
+{
+    return ar_queue_create(max_queue);
+}
+
+void ar_queue_set_error(ar_queue *q, const char *msg)
+{
+    char *copy = msg ? strdup(msg) : NULL;      /* NULL on OOM: no message */
+    pthread_mutex_lock(&q->mu);
+    free(q->load_error);
+    q->load_error = copy;
+    pthread_mutex_unlock(&q->mu);
+}
+
+size_t ar_queue_error(ar_queue *q, char *out, size_t outlen)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&q->mu);
+    if (q->load_error && outlen) {
+        n = strlen(q->load_error);
+        if (n >= outlen) n = outlen - 1;
+        memcpy(out, q->load_error, n);
+        out[n] = '\0';
+    }
+    pthread_mutex_unlock(&q->mu);
+    return n;
+}
+
 void ar_queue_ref(ar_queue *q) { atomic_fetch_add(&q->refs, 1); }
 
 void ar_queue_unref(ar_queue *q)
@@ -152,6 +180,7 @@ void ar_queue_unref(ar_queue *q)
     /* Last reference: every posted task was freed (each holds a reference),
      * so the lists are empty. */
     free(q->aborted);
+    free(q->load_error);
     close(q->efd);
     pthread_cond_destroy(&q->cv);
     pthread_mutex_destroy(&q->mu);

@@ -35,7 +35,7 @@
  *     the stream goes away), the captured respond() reply, and the host
  *     reference of its pending ar_task (released on the worker).
  *   - ar_link: the part of a filter shared with other threads (completion
- *     sinks on runtime threads, the timeout thread).  Reference counted: the
+ *     sinks on runtime threads, the timeout thread of timeouts.c).  Reference counted: the
  *     filter holds one, each posted task one (dropped by its sink), each
  *     armed timeout one.  It owns the filter's scheduler: created on the
  *     worker at the first call, deleted exactly once with the last
@@ -45,12 +45,10 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -60,6 +58,7 @@
 #include "aioresty_core.h"
 #include "stream_link.h"
 #include "envoy_mode.h"
+#include "timeouts.h"
 
 #define MB(s) ((mod_buf){(s), sizeof(s) - 1})
 
@@ -138,135 +137,8 @@ static __thread lm_filter *tl_current;
 
 
 /* ------------------------------------------------------------ timeouts
- * One process-wide thread, started on the first call with a timeout.  Each
- * armed entry holds a link reference; the list is sorted by deadline. */
-
-typedef struct lm_timer {
-    struct lm_timer *prev, *next;
-    struct timespec at;
-    ar_link *link;
-    uint64_t ev;
-} lm_timer;
-
-static pthread_mutex_t g_tmu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_tcv;
-static int g_tstarted;
-static lm_timer *g_thead, *g_ttail;
-
-static int ts_le(const struct timespec *a, const struct timespec *b)
-{
-    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec <= b->tv_nsec);
-}
-
-static void *timer_main(void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&g_tmu);
-    for (;;) {
-        if (!g_thead) {
-            pthread_cond_wait(&g_tcv, &g_tmu);
-            continue;
-        }
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        lm_timer *t = g_thead;
-        if (!ts_le(&t->at, &now)) {
-            pthread_cond_timedwait(&g_tcv, &g_tmu, &t->at);
-            continue;
-        }
-        g_thead = t->next;
-        if (g_thead) g_thead->prev = NULL;
-        else g_ttail = NULL;
-        pthread_mutex_unlock(&g_tmu);
-        ar_link_commit(t->link, t->ev);
-        ar_link_unref(t->link);                        /* the entry's reference */
-        free(t);
-        pthread_mutex_lock(&g_tmu);
-    }
-    return NULL;
-}
-
-static int timer_start_locked(void)
-{
-    if (g_tstarted) return 0;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&g_tcv, &ca);
-    pthread_condattr_destroy(&ca);
-    /* signals belong to Envoy: the thread starts with all of them blocked */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    pthread_t th;
-    int rc = pthread_create(&th, &at, timer_main, NULL);
-    pthread_attr_destroy(&at);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc) return -1;
-    pthread_setname_np(th, "aioresty-lua-tmo");
-    g_tstarted = 1;
-    return 0;
-}
-
-/* Arms a timeout; takes a new link reference on success. */
-static int timer_add(ar_link *l, uint64_t ev, double ms)
-{
-    lm_timer *t = calloc(1, sizeof *t);
-    if (!t) return -1;
-    clock_gettime(CLOCK_MONOTONIC, &t->at);
-    long long ns = (long long)(ms * 1e6);
-    t->at.tv_sec += ns / 1000000000LL;
-    t->at.tv_nsec += ns % 1000000000LL;
-    if (t->at.tv_nsec >= 1000000000L) {
-        t->at.tv_sec++;
-        t->at.tv_nsec -= 1000000000L;
-    }
-    t->link = l;
-    t->ev = ev;
-    pthread_mutex_lock(&g_tmu);
-    if (timer_start_locked() != 0) {
-        pthread_mutex_unlock(&g_tmu);
-        free(t);
-        return -1;
-    }
-    ar_link_ref(l);
-    lm_timer *p = g_ttail;                          /* equal timeouts: O(1) from the tail */
-    while (p && !ts_le(&p->at, &t->at)) p = p->prev;
-    t->prev = p;
-    t->next = p ? p->next : g_thead;
-    if (t->next) t->next->prev = t;
-    else g_ttail = t;
-    if (p) p->next = t;
-    else g_thead = t;
-    if (g_thead == t) pthread_cond_signal(&g_tcv);
-    pthread_mutex_unlock(&g_tmu);
-    return 0;
-}
-
-/* Disarms the timeout (link, ev) if it has not fired yet. */
-static void timer_cancel(ar_link *l, uint64_t ev)
-{
-    lm_timer *found = NULL;
-    pthread_mutex_lock(&g_tmu);
-    for (lm_timer *t = g_thead; t; t = t->next) {
-        if (t->link == l && t->ev == ev) {
-            if (t->prev) t->prev->next = t->next;
-            else g_thead = t->next;
-            if (t->next) t->next->prev = t->prev;
-            else g_ttail = t->prev;
-            found = t;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&g_tmu);
-    if (found) {
-        ar_link_unref(found->link);
-        free(found);
-    }
-}
+ * timeouts.c: one process-wide thread; each armed entry holds a link
+ * reference.  A call's timeout event is `task id << 1 | 1`. */
 
 /* ------------------------------------------------------------ handle objects */
 
@@ -857,6 +729,7 @@ static int l_ssl_tls_version(lua_State *L)
 }
 
 /* ---- aioresty_luamod.call(handle, queue_address, method, req, timeout_ms)
+ * (timeout_ms <= 0 or absent: AR_DEFAULT_TIMEOUT_MS; every call is bounded)
  * -> rc, rsp  |  nil, err.  Posts the task and yields the coroutine; the
  * module resumes it with the answer. */
 static int l_call(lua_State *L)
@@ -897,7 +770,9 @@ static int l_call(lua_State *L)
     }
     f->task = t;
     f->task_id = ar_task_id(t);
-    f->has_timer = tmo > 0 && timer_add(f->link, f->task_id << 1 | 1, tmo) == 0;
+    /* every call is bounded: no timeout given (0) means the default */
+    if (!(tmo > 0)) tmo = AR_DEFAULT_TIMEOUT_MS;
+    f->has_timer = ar_timeout_add(f->link, f->task_id << 1 | 1, tmo) == 0;
     f->wait = W_CALL;
     return lua_yield(L, 0);
 }
@@ -1084,7 +959,7 @@ static void drop_coroutine(lm_filter *f)
 static void abandon_call(lm_filter *f)
 {
     if (!f->task) return;
-    if (f->has_timer) timer_cancel(f->link, f->task_id << 1 | 1);
+    if (f->has_timer) ar_timeout_cancel(f->link, f->task_id << 1 | 1);
     f->has_timer = 0;
     if (!ar_task_done(f->task)) ar_task_abort(f->task);
     ar_task_release(f->task);
@@ -1283,7 +1158,7 @@ static void lm_scheduled(void *fe, void *fm, uint64_t ev)
         lua_pushliteral(f->co, "timeout");
     } else {
         if (!ar_task_done(t)) return;
-        if (f->has_timer) timer_cancel(f->link, f->task_id << 1 | 1);
+        if (f->has_timer) ar_timeout_cancel(f->link, f->task_id << 1 | 1);
         f->has_timer = 0;
         size_t len = 0;
         const char *rsp = ar_task_response(t, &len);

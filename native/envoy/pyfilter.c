@@ -19,6 +19,11 @@
  *
  * Configuration (filter_config, a StringValue; whitespace-separated tokens):
  *     "pkg.mod:app [fail=open|closed] [body_limit=BYTES] [timeout=SECONDS]"
+ * `timeout` (default 10 s) is sent to the runtime, which cancels the hook
+ * chain after it; the module also arms its own timer (timeouts.c) at
+ * timeout + HOST_TIMEOUT_MARGIN_MS (timeout=0: no runtime-side timeout, the
+ * module's bound is AR_DEFAULT_TIMEOUT_MS), so a runtime that never answers
+ * still ends in the failure policy ("timeout"), and the task is aborted.
  * The app is loaded once per filter config on the main thread
  * (ar_runtime_load("aioresty", spec)); the runtime is then asked which hooks
  * the app has ("__filter_info") so a stream only pays for what is used.
@@ -48,6 +53,13 @@
  *     so the runtime cancels the handler); the runtime's reference is the
  *     core's.  The answer bytes are the task's; read before the release.
  *   - snapshot buffers are malloc'ed and freed here; ar_task_new copies.
+ *   - the phase's timer (timeouts.h): its entry and the entry's link
+ *     reference are freed by exactly one of the timer thread (after it
+ *     committed event `task id << 1 | 1`) or ar_timeout_cancel (worker: on
+ *     the answer, or in destroy).  A timeout event for a task that is
+ *     already answered is ignored (the answer's event is on its way); a
+ *     timeout that wins aborts the task and releases the host reference on
+ *     the worker, and the late answer's event is ignored (stale id).
  *   - py_app (queue reference from ar_runtime_load, spec copy) belongs to
  *     its py_config / py_route, freed in config_destroy / per-route destroy
  *     (main thread).  Envoy keeps both alive for every stream using them.
@@ -63,12 +75,18 @@
 #include "aioresty_core.h"
 #include "envoy_mode.h"
 #include "stream_link.h"
+#include "timeouts.h"
 
 #define EXPORT __attribute__((visibility("default")))
 #define MB(s) ((mod_buf){(s), sizeof(s) - 1})
 
 #define DEFAULT_BODY_LIMIT (1024 * 1024)
 #define DEFAULT_TIMEOUT_MS 10000
+/* The module's own bound of a phase is timeout + this margin: the runtime
+ * enforces `timeout` itself (and its answer, rc 3 with the hook's traceback
+ * logged, is the nicer one); the module's timer only fires when the runtime
+ * did not answer in time (its loop is blocked, it is stuck). */
+#define HOST_TIMEOUT_MARGIN_MS 250
 #define INFO_WAIT_SECONDS 60
 #define ROUTE_MAGIC 0x70795274u /* "pyRt" */
 
@@ -116,6 +134,8 @@ typedef struct py_filter {
     int state;               /* worker only */
     ar_link *link;           /* the filter's reference; NULL before the first post */
     ar_task *task;           /* pending/answered task, host reference; worker only */
+    uint64_t task_id;        /* ar_task_id(task): events are id << 1 (answer), | 1 (timeout) */
+    int has_timer;           /* the module's timer of `task` is armed; worker only */
 } py_filter;
 
 /* ------------------------------------------------------------ refcount, sink */
@@ -663,7 +683,15 @@ static int post_phase(py_filter *f, int phase, int with_body)
     f->task = t;
     f->state = phase == PHASE_REQUEST ? ST_REQ_PENDING : ST_RESP_PENDING;
     rc = ar_link_post(f->link, f->app->q, t);
-    if (rc == AR_OK) return 0;
+    if (rc == AR_OK) {
+        f->task_id = ar_task_id(t);  /* assigned by the post */
+        /* bounded even when the runtime never answers (on out-of-memory the
+         * runtime's own timeout is all that is left) */
+        uint32_t ms = f->app->timeout_ms ? f->app->timeout_ms + HOST_TIMEOUT_MARGIN_MS
+                                         : AR_DEFAULT_TIMEOUT_MS;
+        f->has_timer = ar_timeout_add(f->link, f->task_id << 1 | 1, ms) == 0;
+        return 0;
+    }
     /* not posted: the sink never runs; the task is only ours */
     f->task = NULL;
     ar_task_release(t);
@@ -879,14 +907,51 @@ bad:
     return 1;
 }
 
+static void cancel_timer(py_filter *f)
+{
+    if (f->has_timer) ar_timeout_cancel(f->link, f->task_id << 1 | 1);
+    f->has_timer = 0;
+}
+
+/* The module's timer fired before the runtime answered: the task is
+ * aborted (the runtime cancels the hooks when it gets to them), its late
+ * answer ignored, and the failure policy applies as for rc 3. */
+static void host_timeout(py_filter *f, ar_task *t)
+{
+    int phase = f->state == ST_REQ_PENDING ? PHASE_REQUEST : PHASE_RESPONSE;
+    void *fe = f->fe;
+    f->has_timer = 0;   /* the timer thread freed its entry */
+    f->task = NULL;
+    ar_task_abort(t);
+    ar_task_release(t); /* the host reference; the runtime's is the core's */
+    ar_envoy_log(ENV_LOG_WARN,
+                 "aioresty: python filter '%s' (%s): no answer within %u ms (+%d ms): timeout",
+                 f->app->spec, phase == PHASE_REQUEST ? "request" : "response",
+                 f->app->timeout_ms ? f->app->timeout_ms : AR_DEFAULT_TIMEOUT_MS,
+                 f->app->timeout_ms ? HOST_TIMEOUT_MARGIN_MS : 0);
+    if (!f->app->fail_open) {
+        local_reply(f, 500, "timeout", "aioresty filter failed\n");
+        return;
+    }
+    f->state = phase == PHASE_REQUEST ? ST_REQ_DONE : ST_RESP_DONE;
+    /* `f` may be gone after these calls */
+    if (phase == PHASE_REQUEST) envoy_dynamic_module_callback_http_filter_continue_decoding(fe);
+    else envoy_dynamic_module_callback_http_filter_continue_encoding(fe);
+}
+
 static void py_scheduled(void *fe, void *fm, uint64_t id)
 {
-    (void)id;
     py_filter *f = as_filter(fm);
     ar_task *t = f->task;
-    if (!t || !ar_task_done(t)) return;
-    f->task = NULL;  /* `t` is this function's to release */
+    if (!t || (id >> 1) != f->task_id) return;  /* late event of an abandoned task */
     f->fe = fe;
+    if (id & 1) {
+        if (!ar_task_done(t)) host_timeout(f, t);
+        return;  /* done: the answer's event is on its way */
+    }
+    if (!ar_task_done(t)) return;
+    cancel_timer(f);
+    f->task = NULL;  /* `t` is this function's to release */
     int phase = f->state == ST_REQ_PENDING ? PHASE_REQUEST : PHASE_RESPONSE;
     int rc = ar_task_rc(t);
     size_t len = 0;
@@ -918,6 +983,7 @@ static void py_filter_destroy(void *fm)
     py_filter *f = as_filter(fm);
     if (!f) return;
     if (f->link) ar_link_detach(f->link);  /* no commit after this point */
+    cancel_timer(f);                       /* frees an armed entry and its link reference */
     if (f->task) {
         /* the stream is gone (client abort, reset): the runtime cancels */
         if (!ar_task_done(f->task)) ar_task_abort(f->task);

@@ -6,8 +6,8 @@
  * A link owns the stream's http-filter scheduler.  It is reference counted:
  * the filter holds one (from ar_link_new until filter destroy), each posted
  * task one (taken with ar_link_ref before ar_task_post, dropped by the
- * completion sink after its commit), and any other holder its own (luamod's
- * timeout thread).  The scheduler is deleted exactly once, with the last
+ * completion sink after its commit), and any other holder its own (an armed
+ * timeout of timeouts.c).  The scheduler is deleted exactly once, with the last
  * reference, so no commit can ever follow the delete.  `mu` orders commits
  * against the filter's destroy: after ar_link_detach returns, no commit for
  * this stream is in flight or will happen (a worker dispatcher torn down at
@@ -15,7 +15,7 @@
  *
  * Tasks posted with ar_link_sink carry the link as host_data; the sink
  * commits event id ar_task_id(t) << 1 (bit 0 is free for other events of the
- * same stream, e.g. luamod's timeouts; UINT64_MAX is AR_LINK_FLUSH_EVENT).  The filter itself stays
+ * same stream, e.g. the timeouts of timeouts.h; UINT64_MAX is AR_LINK_FLUSH_EVENT).  The filter itself stays
  * single-threaded: only the worker touches it.
  */
 #ifndef AIORESTY_STREAM_LINK_H

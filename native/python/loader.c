@@ -1,15 +1,23 @@
 /*
  * loader.c - aioresty's Python loader: a runtime library exporting
- * libffi_init(cfg, tq).  Built twice, as libaioresty.so and as
- * libresty_ffi_python.so (lua-resty-ffi's name for its Python loader).
+ * libffi_init(cfg, tq).  Built once per interpreter as
+ * libaioresty_python<X.Y>-<key>.so (native/python/build.mk), linked to that
+ * interpreter's libpython; hosts load it through libaioresty.so /
+ * libresty_ffi_python.so (shim.c), which pick the one of the venv's
+ * interpreter.
  *
  * On the first libffi_init of the process it embeds CPython:
+ *   - it checks that the interpreter is the one it was built for: the venv
+ *     (venv.h: $AIORESTY_VENV, else $VIRTUAL_ENV, else the venv this library
+ *     is installed in, else none) must be of the interpreter in AR_PY_HOME,
+ *     X.Y = the headers', and the libpython the process got must be
+ *     AR_LIBPYTHON; else it fails, saying why, and never runs one Python's
+ *     libpython with another one's stdlib;
  *   - libpython is promoted to the global scope (hosts dlopen us RTLD_LOCAL,
  *     and extension modules such as _socket expect Py* symbols globally);
- *   - isolated PyConfig; the venv comes from $AIORESTY_VENV, else
- *     $VIRTUAL_ENV, else the venv this library is installed in (a
- *     pyvenv.cfg above it), else the base interpreter; $PYTHONPATH is
- *     honoured (aioresty._boot puts it in front of sys.path);
+ *   - isolated PyConfig, sys.executable = <venv>/bin/python3 (without a venv:
+ *     the base interpreter's); $PYTHONPATH is honoured (aioresty._boot puts
+ *     it in front of sys.path);
  *   - the host's signal dispositions are saved before and restored after, so
  *     Python never takes SIGINT/SIGTERM from the proxy;
  *   - the GIL is released before returning: Python runs only on runtime
@@ -38,6 +46,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "venv.h"
+
+#if !defined(AR_PY_HOME) || !defined(AR_LIBPYTHON)
+#error "build with -DAR_PY_HOME=\"<bin dir of the interpreter>\" -DAR_LIBPYTHON=\"<its libpython>\" (build.mk)"
+#endif
+#define AR_PY_XY Py_STRINGIFY(PY_MAJOR_VERSION) "." Py_STRINGIFY(PY_MINOR_VERSION)
+
 #define LOG_PREFIX "[aioresty] "
 #define EXPORT __attribute__((visibility("default")))
 
@@ -51,39 +66,6 @@ static void promote_libpython(void)
         if (!dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL))
             fprintf(stderr, LOG_PREFIX "cannot promote %s to global scope: %s\n", di.dli_fname,
                     dlerror());
-    }
-}
-
-static int is_file(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-/* The venv to run in, written into out ("" = none). */
-static void find_venv(char *out, size_t outlen)
-{
-    const char *v = getenv("AIORESTY_VENV");
-    if (!v || !*v) v = getenv("VIRTUAL_ENV");
-    out[0] = '\0';
-    if (v && *v) {
-        snprintf(out, outlen, "%s", v);
-        return;
-    }
-    /* installed as <venv>/lib/pythonX.Y/site-packages/aioresty/_lib/lib*.so */
-    Dl_info di;
-    char dir[PATH_MAX], cand[PATH_MAX + 16];
-    if (!dladdr((void *)&find_venv, &di) || !di.dli_fname) return;
-    if (!realpath(di.dli_fname, dir)) return;
-    for (;;) {
-        char *slash = strrchr(dir, '/');
-        if (!slash || slash == dir) return;
-        *slash = '\0';
-        snprintf(cand, sizeof cand, "%s/pyvenv.cfg", dir);
-        if (is_file(cand)) {
-            snprintf(out, outlen, "%s", dir);
-            return;
-        }
     }
 }
 
@@ -102,7 +84,7 @@ static void add_own_package_to_path(void)
         *slash = '\0';
         if (up == 1) {
             snprintf(probe, sizeof probe, "%s/__init__.py", path);
-            if (!is_file(probe)) return;
+            if (!ar_is_file(probe)) return;
         }
     }
     PyObject *sys_path = PySys_GetObject("path");     /* borrowed */
@@ -110,6 +92,43 @@ static void add_own_package_to_path(void)
     if (sys_path && dir && PySequence_Contains(sys_path, dir) == 0) PyList_Insert(sys_path, 0, dir);
     Py_XDECREF(dir);
     PyErr_Clear();
+}
+
+/* The interpreter this process would embed is the one this library was
+ * built for: 0, else -1 after saying why. */
+static int check_interpreter(const char *venv)
+{
+    char home[PATH_MAX], real[PATH_MAX], want[PATH_MAX], xy[16], key[9], lib[PATH_MAX];
+    Dl_info di;
+
+    if (!realpath(AR_PY_HOME, want)) snprintf(want, sizeof want, "%s", AR_PY_HOME);
+    if (venv[0]) {
+        int is_venv = ar_venv_python(venv, home, sizeof home, xy, sizeof xy);
+        if (ar_home_key(home, key, real, sizeof real) < 0) snprintf(real, sizeof real, "%s", home);
+        if (strcmp(real, want) != 0 || (xy[0] && strcmp(xy, AR_PY_XY) != 0)) {
+            fprintf(stderr,
+                    LOG_PREFIX "this Python loader is built for Python " AR_PY_XY " in %s, "
+                    "but the %s '%s' is of Python %s in %s: install aioresty into that venv "
+                    "(it builds its own loader), or set AIORESTY_VENV to a venv of %s\n",
+                    want, is_venv ? "venv" : "prefix", venv, xy[0] ? xy : "?", real, want);
+            return -1;
+        }
+    }
+    /* the libpython we got: RPATH names it, but a libpython of the same
+     * soname already in the process would be used instead */
+    if (!dladdr((void *)&Py_InitializeFromConfig, &di) || !di.dli_fname ||
+        !realpath(di.dli_fname, lib)) {
+        fprintf(stderr, LOG_PREFIX "cannot tell which libpython is loaded\n");
+        return -1;
+    }
+    if (!realpath(AR_LIBPYTHON, real)) snprintf(real, sizeof real, "%s", AR_LIBPYTHON);
+    if (strcmp(lib, real) != 0) {
+        fprintf(stderr,
+                LOG_PREFIX "this Python loader is linked to %s, but the process uses %s "
+                "(another libpython loaded first?): not starting Python\n", real, lib);
+        return -1;
+    }
+    return 0;
 }
 
 static int config_str(PyConfig *c, wchar_t **field, const char *s)
@@ -122,6 +141,13 @@ static int config_str(PyConfig *c, wchar_t **field, const char *s)
     return 0;
 }
 
+EXPORT int aioresty_python_shutdown(void);
+
+static void shutdown_at_exit(void)
+{
+    if (g_py_pid == getpid()) aioresty_python_shutdown();   /* not in a forked child */
+}
+
 static int start_python(void)
 {
     char venv[PATH_MAX], exe[PATH_MAX + 32];
@@ -129,8 +155,9 @@ static int start_python(void)
     PyConfig c;
     PyStatus st;
 
+    ar_find_venv((void *)&start_python, venv, sizeof venv);
+    if (check_interpreter(venv) < 0) return -1;
     promote_libpython();
-    find_venv(venv, sizeof venv);
 
     PyConfig_InitIsolatedConfig(&c);
     c.install_signal_handlers = 0;
@@ -138,13 +165,15 @@ static int start_python(void)
     c.buffered_stdio = 0;              /* nothing is lost if the host exits */
     c.site_import = 1;
     if (config_str(&c, &c.program_name, "aioresty") < 0) goto fail;
-    if (venv[0]) {
-        /* sys.executable inside the venv: getpath finds pyvenv.cfg beside it,
-         * the stdlib from its `home`, and site adds the venv's site-packages
-         * (with .pth files, so editable installs work). */
+    /* sys.executable inside the venv: getpath finds pyvenv.cfg beside it,
+     * the stdlib from its `home`, and site adds the venv's site-packages
+     * (with .pth files, so editable installs work).  Without a venv: the
+     * base interpreter's, so getpath finds its own prefix. */
+    if (venv[0])
         snprintf(exe, sizeof exe, "%s/bin/python3", venv);
-        if (config_str(&c, &c.executable, exe) < 0) goto fail;
-    }
+    else
+        snprintf(exe, sizeof exe, "%s/python" AR_PY_XY, AR_PY_HOME);
+    if (config_str(&c, &c.executable, exe) < 0) goto fail;
     /* `import signal` installs a SIGINT handler even with
      * install_signal_handlers=0: snapshot every disposition, restore after. */
     for (int s = 1; s < NSIG; s++) sigaction(s, NULL, &saved[s]);
@@ -172,6 +201,9 @@ static int start_python(void)
             sigaction(s, &saved[s], NULL);
     }
     g_py_pid = getpid();
+    /* Process exit (Envoy returning from main, an nginx worker's exit()):
+     * unload every runtime so its on_shutdown hooks run, within its grace. */
+    if (boot) atexit(shutdown_at_exit);
     PyEval_SaveThread();                /* release the GIL for runtime threads */
     return boot ? 0 : -1;
 fail:
@@ -228,8 +260,9 @@ EXPORT int libffi_init(char *cfg, void *tq)
         fprintf(stderr, LOG_PREFIX "empty cfg: expected \"pkg.module[:app]\" or "
                 "\"module,func[,rest]\"\n");
         rc = 1;
-    } else if (strchr(cfg, ',')) {
-        /* lua-resty-ffi form: module,func[,rest]; rest is passed as a pointer */
+    } else if (strchr(cfg, ',') && strcspn(cfg, ",") < strcspn(cfg, " \t\n")) {
+        /* lua-resty-ffi form: module,func[,rest]; rest is passed as a pointer.
+         * (A comma after the first blank is the app form's JSON config.) */
         const char *c1 = strchr(cfg, ',');
         const char *c2 = strchr(c1 + 1, ',');
         size_t flen = c2 ? (size_t)(c2 - c1 - 1) : strlen(c1 + 1);

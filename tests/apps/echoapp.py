@@ -76,24 +76,17 @@ async def add(args: dict) -> dict:
     return {"sum": args["a"] + args["b"], "echo": args}
 
 
-@app.handler(eager=False)
-async def needs_task(req: bytes) -> bytes:
+@app.handler
+async def timeout_first(req: bytes) -> bytes:
+    """asyncio.timeout on the first line: needs the call's own current Task."""
     async with asyncio.timeout(1):
         assert asyncio.current_task() is not None
         return req
 
 
 @app.handler
-async def timeout_first(req: bytes) -> bytes:
-    """Eager by default: its first step runs outside any Task (no current_task())."""
-    async with asyncio.timeout(1):
-        return req
-
-
-@app.handler(eager=False)
 async def fetch(req: bytes) -> bytes:
-    """An aiohttp client call as the very first await: aiohttp's timer needs
-    the current Task, so this handler takes eager=False (README, "Writing handlers")."""
+    """An aiohttp client call as the very first await (its timer needs the Task)."""
     import aiohttp
 
     async with aiohttp.ClientSession() as s, s.get(req.decode()) as r:

@@ -12,8 +12,12 @@ from tests.envoy.conftest import REPO
 from tests.lua_api_cases import (  # noqa: F401 (collected here: the cases run in this mode)
     _many,
     post,
+    test_background_base_exceptions_keep_serving,
     test_binary_with_nuls_and_one_mebibyte,
+    test_broken_answers_lose_nothing,
     test_client_aborts_cancel_handlers,
+    test_contextvars_do_not_leak,
+    test_each_call_is_its_own_task,
     test_exception_is_false_with_message,
     test_handler_timeout,
     test_msgpack_arguments,

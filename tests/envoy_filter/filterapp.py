@@ -11,6 +11,11 @@ from aioresty import FilterRequest, FilterResponse, Response
 app = aioresty.App()
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
 def _note(msg: str) -> None:
     print(f"[filterapp] {msg}", file=sys.stderr, flush=True)
 
@@ -27,6 +32,10 @@ async def auth(req: FilterRequest) -> Response | None:
             raise
     if "/boom" in path:
         raise RuntimeError("boom from the filter")
+    if "/unprintable" in path:
+        raise Unprintable()
+    if "/surrogate" in path:
+        return Response(403, "no \udcff way")  # a body str that is not UTF-8
     if req.headers.get("authorization") != "Bearer ok":
         return Response(401, b"denied", headers={"www-authenticate": "Bearer"})
     req.headers["x-user"] = "alice"

@@ -105,6 +105,20 @@ def test_exception_fail_closed_and_open(envoy: FilterEnvoy) -> None:
     assert status == 200 and "x-user" not in echoed(body)["h"]
 
 
+def test_broken_hook_answers_apply_the_fail_policy(envoy: FilterEnvoy) -> None:
+    """A failing __str__, a local reply that cannot be encoded: answered all the
+    same, so the fail policy applies (before, the stream hung)."""
+    for path in ("/unprintable", "/surrogate"):
+        t0 = time.monotonic()
+        status, h, _ = req(envoy, "GET", path)
+        assert status == 500 and h["x-aioresty-error"] == "error", (path, status, h)
+        assert time.monotonic() - t0 < 1.0
+        status, _, body = req(envoy, "GET", f"/open{path}")
+        assert status == 200 and "x-user" not in echoed(body)["h"]
+    assert "Unprintable: <Unprintable: str() failed>" in envoy.log()
+    assert req(envoy, "GET", "/echo", headers=AUTH)[0] == 200
+
+
 def test_timeout_fail_closed_and_open(envoy: FilterEnvoy) -> None:
     t0 = time.monotonic()
     status, h, _ = req(envoy, "GET", "/t/sleep/3")  # timeout=0.3 on /t/

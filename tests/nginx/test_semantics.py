@@ -1,0 +1,48 @@
+"""Runtime semantics on stock nginx-lua (tests/semantics_cases.py): two workers,
+content_by_lua_block, tests/apps/asyncapp.py behind it."""
+
+from __future__ import annotations
+
+from tests import semantics_cases
+
+SEM = """
+location = /sem {
+    content_by_lua_block {
+        local t = require "ngxtest"
+        local rt = t.runtime("aioresty", "tests.apps.asyncapp")
+        local ok, res, err = rt[ngx.var.arg_m](rt, t.body())
+        t.reply(ok, res, err)
+    }
+}
+"""
+
+
+def _started(nginx):
+    nginx.write_conf(SEM, workers=1)
+    nginx.start()
+
+    def call(method, body):
+        status, h, data = nginx.request(f"/sem?m={method}", body, timeout=30)
+        return status, h.get("x-rc"), data
+
+    def log():
+        return nginx.log() + (nginx.prefix / "stdout.log").read_text(errors="replace")
+
+    return call, log
+
+
+def test_broken_answers_lose_nothing_and_quit_is_prompt(nginx):
+    call, _ = _started(nginx)
+    semantics_cases.broken_answers_lose_nothing(call)
+    assert nginx.stop(timeout=10) == 0
+
+
+def test_each_call_is_its_own_task_and_contextvars_do_not_leak(nginx):
+    call, _ = _started(nginx)
+    semantics_cases.each_call_is_its_own_task(call)
+    semantics_cases.contextvars_do_not_leak(call)
+
+
+def test_background_base_exceptions_keep_serving(nginx):
+    call, log = _started(nginx)
+    semantics_cases.background_base_exceptions_keep_serving(call, log)
