@@ -234,6 +234,17 @@ def envoy_env(
     return env
 
 
+def _warn_cluster_header(config: dict[str, Any], where: str) -> None:
+    for header in sorted(set(envoy_config.cluster_header_routes(config))):
+        print(
+            f"aioresty: warning: {where}: a route takes its cluster from the request "
+            f"header '{header}': clients can name '{envoy_config.BRIDGE_CLUSTER}'. The "
+            "bridge refuses calls without this process's secret (400/403), but route "
+            "only the clusters you mean to expose (docs/envoy.md, Trust)",
+            file=sys.stderr,
+        )
+
+
 def envoy_args(config_path: str | os.PathLike[str]) -> tuple[list[str], dict[str, Any] | None]:
     """Envoy arguments for a user config or Envoy config, and the user config (or None).
 
@@ -246,6 +257,7 @@ def envoy_args(config_path: str | os.PathLike[str]) -> tuple[list[str], dict[str
         return ["--config-yaml", json.dumps(cfg)], user
     parsed = load_envoy(config_path)
     if parsed is not None:
+        _warn_cluster_header(parsed, str(config_path))
         return ["--config-yaml", json.dumps(envoy_config.merge_bridge(parsed))], None
     args = ["-c", str(config_path)]
     if envoy_config.BRIDGE_CLUSTER not in _read(config_path):
@@ -309,6 +321,7 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
         if generated is not None:
             _merge_user_into(target, generated, args.merge)
         config = envoy_config.merge_bridge(target)
+        _warn_cluster_header(target, args.merge)
     else:
         assert generated is not None
         config = generated

@@ -288,6 +288,27 @@ def environment(
     return env
 
 
+def cluster_header_routes(config: Any) -> list[str]:
+    """The header names of routes that take their cluster from a request header
+    (``route.cluster_header``), anywhere in an Envoy config: a client can then
+    name the bridge cluster (the module refuses such calls: 400/403/404)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ch = node.get("cluster_header")
+            if isinstance(ch, str):
+                found.append(ch)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(config)
+    return found
+
+
 def merge_bridge(
     config: dict[str, Any], max_request_bytes: int = DEFAULT_MAX_BYTES
 ) -> dict[str, Any]:

@@ -39,6 +39,7 @@ int ar_task_rc(const ar_task *t);
 const char *ar_task_response(const ar_task *t, size_t *len);
 void *ar_task_host_data(const ar_task *t);
 void ar_task_release(ar_task *t);
+int ar_bridge_authority(ar_queue *q, char *out, size_t outlen);
 long ar_tasks_alive(void);
 long ar_queues_alive(void);
 ]]

@@ -15,30 +15,36 @@ local tostring = tostring
 local tonumber = tonumber
 local type = type
 local setmetatable = setmetatable
-local str_sub = string.sub
 local os_getenv = os.getenv
-local ffi_cast = ffi.cast
+local ffi_new = ffi.new
+local ffi_string = ffi.string
 local math_floor = math.floor
 
 -- resty_ffi always passes a timeout; this is the fallback of a direct caller
-local DEFAULT_TIMEOUT_MS = require("aioresty.core").DEFAULT_TIMEOUT_MS
+local core = require "aioresty.core"
+local C = core.C
+local DEFAULT_TIMEOUT_MS = core.DEFAULT_TIMEOUT_MS
 
 local _M = { _VERSION = "0.1.0" }
 
 _M.cluster = os_getenv("AIORESTY_ENVOY_CLUSTER") or "aioresty_bridge"
 
--- decimal text of an ar_queue* for the :authority of a call, cached per cdata
-local qids = setmetatable({}, { __mode = "k" })
+-- the :authority of a call: "<id>.<secret>" (native/envoy/bridge.c), cached
+-- per queue cdata; nil once the runtime is unloaded
+local authbuf = ffi_new("char[?]", 64)
+local auths = setmetatable({}, { __mode = "k" })
 
-local function queue_id(q)
-    local id = qids[q]
-    if id then
-        return id
+local function authority(q)
+    local a = auths[q]
+    if a then
+        return a
     end
-    id = tostring(ffi_cast("uintptr_t", q))     -- "140234234ULL"
-    id = str_sub(id, 1, -4)
-    qids[q] = id
-    return id
+    if C.ar_bridge_authority(q, authbuf, 64) ~= 0 then
+        return nil
+    end
+    a = ffi_string(authbuf)
+    auths[q] = a
+    return a
 end
 
 local errors = {
@@ -46,6 +52,8 @@ local errors = {
     closed = "task queue is finished",
     nomem = "out of memory",
     ["bad-request"] = "bad bridge request",
+    forbidden = "bridge call refused (wrong secret)",
+    ["unknown-runtime"] = "task queue is finished",
 }
 
 function _M.call(q, method, req, handle, timeout_ms)
@@ -62,10 +70,14 @@ function _M.call(q, method, req, handle, timeout_ms)
     end
     -- three headers and send_xff = false: the cheapest call through Envoy's
     -- async client (measured; native/envoy/bridge.c's header comment)
+    local auth = authority(q)
+    if not auth then
+        return nil, "task queue is finished"
+    end
     local headers = {
         [":method"] = "POST",
         [":path"] = "/" .. tostring(method),
-        [":authority"] = queue_id(q),
+        [":authority"] = auth,
     }
     -- every call is bounded: Envoy answers 504 after timeout_ms and resets
     -- the bridge stream, whose filter then aborts the task

@@ -222,6 +222,21 @@ AR_API const char *ar_task_response(const ar_task *t, size_t *len);
 AR_API void *ar_task_host_data(const ar_task *t);
 AR_API void ar_task_release(ar_task *t);
 
+/* The stock Envoy bridge's call authority (native/envoy/bridge.c): the Lua
+ * adapter names a runtime by "<id>.<secret>" - the registry entry's id
+ * (process-unique, never reused) and a per-process 128-bit random secret -
+ * so a request from outside the process (a route that lets clients pick the
+ * bridge cluster) can name no runtime, and nothing parses a pointer.
+ * ar_bridge_authority writes q's authority into out (AR_OK; AR_ECLOSED when
+ * q is not loaded).  ar_bridge_resolve returns a new reference to the queue
+ * an authority names, or NULL with *why: AR_BRIDGE_MALFORMED,
+ * AR_BRIDGE_FORBIDDEN (wrong secret) or AR_BRIDGE_UNKNOWN (no such runtime,
+ * or unloaded).  Any thread. */
+enum { AR_BRIDGE_MALFORMED = 1, AR_BRIDGE_FORBIDDEN = 2, AR_BRIDGE_UNKNOWN = 3 };
+#define AR_BRIDGE_AUTHORITY_MAX 64
+AR_API int ar_bridge_authority(ar_queue *q, char *out, size_t outlen);
+AR_API ar_queue *ar_bridge_resolve(const char *authority, size_t len, int *why);
+
 /* Diagnostics, for leak tests. */
 AR_API long ar_tasks_alive(void);
 AR_API long ar_queues_alive(void);

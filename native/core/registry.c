@@ -7,12 +7,14 @@
  * load the same key at once get one runtime, and runtimes start one at a time.
  */
 #include <dlfcn.h>
+#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,6 +26,7 @@ typedef struct entry {
     void *dl;                   /* dlopen handle */
     int flags;
     ar_queue *q;
+    uint64_t id;                /* process-unique, never reused (ar_queue_lookup) */
     int registered;
 } entry;
 
@@ -31,6 +34,7 @@ static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static entry *g_entries;
 static pid_t g_pid;             /* process that loaded the first runtime */
 static int g_promoted;
+static uint64_t g_next_id = 1;  /* under g_lock */
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -207,6 +211,7 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
         goto fail;
     }
     e->key = key;
+    e->id = g_next_id++;
     e->dl = dl;
     e->flags = flags;
     e->q = q;
@@ -277,4 +282,77 @@ void ar_registry_queue_freed(ar_queue *q)
     if (e->flags & AR_LOAD_UNPIN) dlclose(e->dl);
     free(e->key);
     free(e);
+}
+
+/* ------------------------------------------------------ bridge authority */
+
+static char g_secret[33];       /* 32 hex chars, "" if no randomness was had */
+static pthread_once_t g_secret_once = PTHREAD_ONCE_INIT;
+
+static void make_secret(void)
+{
+    unsigned char raw[16];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return;                         /* no secret: every resolve fails */
+        }
+        got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof raw; i++) {
+        g_secret[2 * i] = hex[raw[i] >> 4];
+        g_secret[2 * i + 1] = hex[raw[i] & 15];
+    }
+    g_secret[32] = '\0';
+}
+
+int ar_bridge_authority(ar_queue *q, char *out, size_t outlen)
+{
+    pthread_once(&g_secret_once, make_secret);
+    if (!g_secret[0] || !q) return AR_EINVAL;
+    pthread_mutex_lock(&g_lock);
+    entry *e = q->registry_entry;
+    uint64_t id = e && e->registered ? e->id : 0;
+    pthread_mutex_unlock(&g_lock);
+    if (!id) return AR_ECLOSED;
+    int n = snprintf(out, outlen, "%llu.%s", (unsigned long long)id, g_secret);
+    return n > 0 && (size_t)n < outlen ? AR_OK : AR_EINVAL;
+}
+
+ar_queue *ar_bridge_resolve(const char *auth, size_t len, int *why)
+{
+    pthread_once(&g_secret_once, make_secret);
+    *why = AR_BRIDGE_MALFORMED;
+    const char *dot = auth ? memchr(auth, '.', len) : NULL;
+    if (!dot || dot == auth || (size_t)(dot - auth) > 20) return NULL;
+    uint64_t id = 0;
+    for (const char *p = auth; p < dot; p++) {
+        if (*p < '0' || *p > '9') return NULL;
+        uint64_t d = (uint64_t)(*p - '0');
+        if (id > (UINT64_MAX - d) / 10) return NULL;
+        id = id * 10 + d;
+    }
+    const char *sec = dot + 1;
+    size_t slen = len - (size_t)(sec - auth);
+    *why = AR_BRIDGE_FORBIDDEN;
+    if (!g_secret[0] || slen != 32) return NULL;
+    unsigned char diff = 0;                 /* constant time: no early exit */
+    for (size_t i = 0; i < 32; i++) diff |= (unsigned char)(sec[i] ^ g_secret[i]);
+    if (diff) return NULL;
+    *why = AR_BRIDGE_UNKNOWN;
+    ar_queue *q = NULL;
+    pthread_mutex_lock(&g_lock);
+    for (entry *e = g_entries; e; e = e->next) {
+        if (e->id == id) {
+            q = e->q;
+            ar_queue_ref(q);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (q) *why = 0;
+    return q;
 }

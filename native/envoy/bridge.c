@@ -7,7 +7,7 @@
  *
  *     request_handle:httpCall("aioresty_bridge", {
  *         [":method"]="POST", [":path"]="/" .. <method>,
- *         [":authority"]=<ar_queue* as decimal> }, req, {send_xff=false, ...})
+ *         [":authority"]=<id>.<secret> }, req, {send_xff=false, ...})
  *
  * which is the only way a stock Lua coroutine can wait without blocking the
  * worker (DESIGN.md section 3).  Here the module buffers the request body to
@@ -32,10 +32,13 @@
  * never runs `scheduled`: the task is aborted there (the Python runtime
  * cancels its handler) and the late answer is dropped.
  *
- * Trust: :authority carries a raw pointer into this process.  Only Lua
- * code running in this Envoy can reach the bridge cluster (httpCall); a
- * route must never send downstream traffic to it (aioresty's generated
- * config does not).
+ * Trust: :authority names the runtime as "<id>.<secret>" (core
+ * ar_bridge_authority / ar_bridge_resolve): the registry id and this
+ * process's random secret, which only Lua code running in this Envoy can
+ * have.  A request that reaches the bridge cluster from outside (a route
+ * with cluster_header, a forged Host) gets 400 (malformed), 403 (no secret)
+ * or 404 (no such runtime) and a rate-limited log line; nothing is parsed
+ * as a pointer.  Method names: 1-127 bytes, no NUL.
  *
  * Threads and ownership:
  *   - bridge_filter is created, used and freed on its worker thread only.
@@ -55,6 +58,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "aioresty_core.h"
 #include "envoy_mode.h"
@@ -93,21 +97,44 @@ static void reply_error(void *fe, uint32_t status, const char *code)
                                                      MB("aioresty_bridge_error"));
 }
 
+/* The filter's queue reference (from ar_bridge_resolve) ends here: posted,
+ * failed or abandoned, the queue is used once. */
+static void drop_queue(bridge_filter *f)
+{
+    if (f->q) ar_queue_unref(f->q);
+    f->q = NULL;
+}
+
+/* A refused call: 4xx, and at most one log line per second (counted), so a
+ * flood from outside cannot fill the log. */
+static void bridge_refused(void *fe, uint32_t status, const char *code, const char *what)
+{
+    static atomic_long last_sec, skipped;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long now = (long)ts.tv_sec, prev = atomic_load(&last_sec);
+    if (now != prev && atomic_compare_exchange_strong(&last_sec, &prev, now)) {
+        long n = atomic_exchange(&skipped, 0);
+        ar_envoy_log(ENV_LOG_WARN, "aioresty: bridge refused %s (%u %s)%s%ld more in the last second",
+                     what, status, code, n ? "; " : "", n);
+    } else {
+        atomic_fetch_add(&skipped, 1);
+    }
+    reply_error(fe, status, code);
+}
+
 /* Posts the task with the request bytes `req` (copied by the core). */
 static void post_call(bridge_filter *f, const char *req, size_t req_len)
 {
-    if (!f->link && !(f->link = ar_link_new(f->fe))) {
-        reply_error(f->fe, 503, "nomem");
-        return;
-    }
-    ar_task *t = ar_task_new(f->method, f->method_len, req, req_len, &ar_link_sink, f->link);
-    if (!t) {
-        reply_error(f->fe, 503, "nomem");
-        return;
-    }
-    f->task = t;
-    int rc = ar_link_post(f->link, f->q, t);
+    ar_queue *q = f->q;                                 /* our reference, dropped below */
     f->q = NULL;                                        /* not used past the post */
+    ar_task *t = NULL;
+    if (!f->link && !(f->link = ar_link_new(f->fe))) goto nomem;
+    t = ar_task_new(f->method, f->method_len, req, req_len, &ar_link_sink, f->link);
+    if (!t) goto nomem;
+    f->task = t;
+    int rc = ar_link_post(f->link, q, t);
+    ar_queue_unref(q);                                  /* a posted task holds its own */
     if (rc == AR_OK) {
         f->posted = 1;
         return;
@@ -116,6 +143,10 @@ static void post_call(bridge_filter *f, const char *req, size_t req_len)
     f->task = NULL;
     ar_task_release(t);
     reply_error(f->fe, 503, rc == AR_EFULL ? "full" : rc == AR_ECLOSED ? "closed" : "invalid");
+    return;
+nomem:
+    ar_queue_unref(q);
+    reply_error(f->fe, 503, "nomem");
 }
 
 /* Reads the whole buffered request body and posts it. */
@@ -142,6 +173,7 @@ static void post_with_body(bridge_filter *f)
     /* several slices: gather them (owned here, freed below; the core copies) */
     char *buf = malloc(total ? total : 1);
     if (!buf) {
+        drop_queue(f);
         reply_error(fe, 503, "nomem");
         return;
     }
@@ -152,6 +184,7 @@ static void post_with_body(bridge_filter *f)
         env_buf *v = calloc(n, sizeof *v);
         if (!v) {
             free(buf);
+            drop_queue(f);
             reply_error(fe, 503, "nomem");
             return;
         }
@@ -212,22 +245,21 @@ static int bridge_request_headers(void *fe, void *fm, bool eos)
     } else {
         mv.ptr = NULL;                                  /* "/" alone names no method */
     }
-    char num[32];
-    if (!qv.ptr || qv.length == 0 || qv.length >= sizeof num || !mv.ptr ||
-        mv.length >= sizeof f->method) {
-        reply_error(fe, 400, "bad-request");
+    if (!mv.ptr || mv.length >= sizeof f->method || memchr(mv.ptr, '\0', mv.length)) {
+        bridge_refused(fe, 400, "bad-request", "a malformed call");
         return ENV_HEADERS_STOP_ITERATION;
     }
-    memcpy(num, qv.ptr, qv.length);
-    num[qv.length] = '\0';
-    char *end = NULL;
-    errno = 0;
-    unsigned long long addr = strtoull(num, &end, 10);
-    if (errno || !end || *end || addr == 0) {
-        reply_error(fe, 400, "bad-request");
+    int why = 0;
+    f->q = qv.ptr ? ar_bridge_resolve(qv.ptr, qv.length, &why) : NULL;
+    if (!f->q) {
+        if (why == AR_BRIDGE_UNKNOWN)
+            bridge_refused(fe, 404, "unknown-runtime", "no such runtime (unloaded?)");
+        else if (why == AR_BRIDGE_FORBIDDEN)
+            bridge_refused(fe, 403, "forbidden", "a call without this process's secret");
+        else
+            bridge_refused(fe, 400, "bad-request", "a malformed call");
         return ENV_HEADERS_STOP_ITERATION;
     }
-    f->q = (ar_queue *)(uintptr_t)addr;
     memcpy(f->method, mv.ptr, mv.length);
     f->method[mv.length] = '\0';
     f->method_len = mv.length;
@@ -281,6 +313,7 @@ static void bridge_filter_destroy(void *fm)
 {
     bridge_filter *f = fm;
     if (!f) return;
+    drop_queue(f);                                      /* never posted (reset early) */
     if (f->link) ar_link_detach(f->link);               /* no commit after this point */
     if (f->task) {
         /* the waiter is gone (timeout, reset): tell the runtime, drop our ref */
