@@ -113,3 +113,11 @@ def shutdown_all() -> int:
     # called from a host thread with the GIL; joining releases it
     assert threading.current_thread() is not None
     return runtime.shutdown_all()
+
+
+def shutdown_at_exit() -> int:
+    """The process exits (the loader's atexit): the host may be half torn down,
+    so no completion sink runs from now on; then the runtimes stop as at an
+    unload (calls in flight answered, shutdown hooks run, bounded)."""
+    _native.hosts_gone()
+    return runtime.shutdown_all()

@@ -181,6 +181,14 @@ static PyObject *nat_unload(PyObject *self, PyObject *tq)
     Py_RETURN_NONE;
 }
 
+static PyObject *nat_hosts_gone(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    ar_hosts_gone();
+    Py_RETURN_NONE;
+}
+
 static PyObject *nat_queue_closed(PyObject *self, PyObject *tq)
 {
     (void)self;
@@ -419,6 +427,7 @@ static PyMethodDef methods[] = {
     {"set_thread_name", nat_set_thread_name, METH_O,
      "set_thread_name(name) -> name the calling OS thread (15 bytes kept)"},
     {"unload", nat_unload, METH_O, "unload(tq) -> unload the runtime (stops intake)"},
+    {"hosts_gone", nat_hosts_gone, METH_NOARGS, "hosts_gone() -> no completion sink runs again"},
     {"queue_closed", nat_queue_closed, METH_O, "queue_closed(tq) -> True once unloaded"},
     {"queue_new", nat_queue_new, METH_NOARGS, "queue_new() -> a queue outside the registry"},
     {"set_error", (PyCFunction)(void (*)(void))nat_set_error, METH_FASTCALL,

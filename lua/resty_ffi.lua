@@ -4,7 +4,12 @@
 --   local rt, err = ngx.load_ffi(lib, cfg, opts)   -- opts: max_queue, is_global,
 --                                                  --       unpin, timeout (ms)
 --   local ok, res_or_rc, err = rt:<method>(req[, request_handle])
+--   local ok, res_or_rc, err = rt(req[, request_handle])   -- method ""
 --   rt:__unload()
+--
+-- The runtime object is lua-resty-ffi's: `key`, `finished`, `handle` (the
+-- runtime library's ffi clib), `tq` (its queue) and `__unload` are its only
+-- fields; every other name is a method.  `req` is a string or nil.
 --
 -- Every call is bounded: its timeout is resty_ffi.call's timeout_ms, else
 -- the runtime's opts.timeout, else the Lua VM's default
@@ -24,7 +29,6 @@ local ffi_new = ffi.new
 local ffi_string = ffi.string
 local ffi_gc = ffi.gc
 local type = type
-local tostring = tostring
 local setmetatable = setmetatable
 local rawget = rawget
 local rawset = rawset
@@ -52,6 +56,8 @@ local function get_adapter()
 end
 
 local runtimes = {}     -- per Lua VM: key -> runtime object
+local timeouts = setmetatable({}, { __mode = "k" })     -- runtime -> opts.timeout (ms)
+local libpaths = setmetatable({}, { __mode = "k" })     -- runtime -> resolved library path
 
 -- Is rt still usable?  It may have been unloaded elsewhere in the process
 -- (another VM or worker thread shares the runtime).
@@ -59,7 +65,7 @@ local function alive(rt)
     if rt.finished then
         return false
     end
-    if C.ar_queue_closed(rt.q) ~= 0 then
+    if C.ar_queue_closed(rt.tq) ~= 0 then
         rt.finished = true
         if runtimes[rt.key] == rt then
             runtimes[rt.key] = nil
@@ -74,12 +80,12 @@ local function call(rt, method, req, handle, timeout_ms)
         return false, "task queue is finished"
     end
     if req ~= nil and type(req) ~= "string" then
-        req = tostring(req)
+        error("resty_ffi: req must be a string or nil, got " .. type(req), 3)
     end
     if type(timeout_ms) ~= "number" or not (timeout_ms > 0) or timeout_ms == math_huge then
-        timeout_ms = rt.timeout or default_timeout      -- never unbounded
+        timeout_ms = timeouts[rt] or default_timeout    -- never unbounded
     end
-    local rc, rsp = get_adapter().call(rt.q, method, req, handle, timeout_ms)
+    local rc, rsp = get_adapter().call(rt.tq, method, req, handle, timeout_ms)
     if rc == nil then
         return false, rsp
     end
@@ -89,16 +95,26 @@ local function call(rt, method, req, handle, timeout_ms)
     return false, rc, rsp
 end
 
-local methods = {}      -- method name -> function(self, req, handle)
+-- One closure per method name, cached for at most METHOD_CACHE names (a
+-- request-derived name must not grow the VM forever); past that each lookup
+-- makes a fresh closure.  Cached ones are also set on the runtime object, so
+-- later rt:name() calls skip the metamethod.
+local METHOD_CACHE = 1024
+local methods, nmethods = {}, 0
 local function method_for(name)
     local f = methods[name]
-    if not f then
-        f = function(self, req, handle)
-            return call(self, name, req, handle)
-        end
-        methods[name] = f
+    if f then
+        return f, true
     end
-    return f
+    f = function(self, req, handle)
+        return call(self, name, req, handle)
+    end
+    if nmethods < METHOD_CACHE then
+        methods[name] = f
+        nmethods = nmethods + 1
+        return f, true
+    end
+    return f, false
 end
 
 local function unload(self)
@@ -109,7 +125,7 @@ local function unload(self)
     if runtimes[self.key] == self then
         runtimes[self.key] = nil
     end
-    C.ar_runtime_unload(self.q)
+    C.ar_runtime_unload(self.tq)
 end
 
 local mt = {
@@ -117,9 +133,19 @@ local mt = {
         if type(k) ~= "string" then
             return nil
         end
-        local f = method_for(k)
-        rawset(self, k, f)      -- later rt:k() calls skip this metamethod
+        if k == "handle" then       -- lua-resty-ffi: the runtime library's clib
+            local clib = ffi.load(libpaths[self], false)
+            rawset(self, "handle", clib)
+            return clib
+        end
+        local f, cached = method_for(k)
+        if cached then
+            rawset(self, k, f)
+        end
         return f
+    end,
+    __call = function(self, req, handle)
+        return call(self, "", req, handle)
     end,
 }
 
@@ -175,12 +201,14 @@ function _M.load_ffi(lib, cfg, opts)
         return nil, ffi_string(err)
     end
     rt = setmetatable({
-        q = ffi_gc(q, C.ar_queue_unref),
+        tq = ffi_gc(q, C.ar_queue_unref),
         key = key,
         finished = false,
-        timeout = timeout or false,     -- never nil: __index would answer a method
         __unload = unload,
     }, mt)
+    timeouts[rt] = timeout
+    C.ar_resolve_library(lib, err, errbuf_len)
+    libpaths[rt] = ffi_string(err)
     runtimes[key] = rt
     return rt
 end
@@ -204,9 +232,16 @@ end
 
 -- resty_ffi.call(rt, method, req, handle, timeout_ms): a call with its own
 -- timeout (ms); same results as rt:<method>(req, handle).
+local reserved = { __unload = true, key = true, finished = true, handle = true, tq = true }
+
+-- resty_ffi.call is also the safe way to call a method whose name comes from
+-- a request: reserved names are refused, never looked up on the object.
 function _M.call(rt, method, req, handle, timeout_ms)
     if type(method) ~= "string" then
         error("resty_ffi.call: method must be a string", 2)
+    end
+    if reserved[method] then
+        error("resty_ffi.call: '" .. method .. "' is a reserved name, not a method", 2)
     end
     return call(rt, method, req, handle, timeout_ms)
 end

@@ -8,6 +8,11 @@ import pytest
 
 from tests.hostlib import Host, build_testhost
 
+# Lua helpers the proxies' test scripts dofile() (tests/envoy/lua/runtime_object.lua)
+os.environ.setdefault(
+    "AIORESTY_TEST_LUA_DIR", str(Path(__file__).resolve().parent / "envoy" / "lua")
+)
+
 
 @pytest.fixture(scope="session")
 def testhost_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:

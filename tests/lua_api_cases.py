@@ -126,3 +126,10 @@ def test_contextvars_do_not_leak(app):
 
 def test_background_base_exceptions_keep_serving(app):
     semantics_cases.background_base_exceptions_keep_serving(_sem(app), app.log)
+
+
+def test_runtime_object_is_lua_resty_ffis(app):
+    """key/finished/handle/tq fields, other names are methods, rt(req), table req
+    refused, resty_ffi.call refuses reserved names, bounded per-name cache."""
+    status, _, body = app.request("GET", "/runtime_object")
+    assert (status, body) == (200, b"ok"), (status, body)

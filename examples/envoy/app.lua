@@ -3,8 +3,9 @@
 -- override with AIORESTY_DEMO_APP) with the request body and answers its result.
 local app_module = os.getenv("AIORESTY_DEMO_APP") or "myapp.handlers"
 
+local resty_ffi = require("resty_ffi")
+
 function envoy_on_request(request_handle)
-  require("resty_ffi")
   local app, err = ngx.load_ffi("aioresty", app_module)
   if not app then
     request_handle:respond({[":status"] = "500"}, "load failed: " .. tostring(err) .. "\n")
@@ -14,7 +15,13 @@ function envoy_on_request(request_handle)
   local body = request_handle:body()
   local n = body and body:length() or 0
   local req = n > 0 and body:getBytes(0, n) or ""
-  local ok, res, err = app[method](app, req, request_handle)
+  if method:sub(1, 2) == "__" or method == "key" or method == "finished"
+      or method == "handle" or method == "tq" then
+    request_handle:respond({[":status"] = "404"}, "no such method\n")
+    return
+  end
+  -- resty_ffi.call: a request-derived name never reaches the object's fields
+  local ok, res, err = resty_ffi.call(app, method, req, request_handle)
   if ok then
     request_handle:respond({[":status"] = "200"}, res or "")
   else

@@ -237,6 +237,13 @@ enum { AR_BRIDGE_MALFORMED = 1, AR_BRIDGE_FORBIDDEN = 2, AR_BRIDGE_UNKNOWN = 3 }
 AR_API int ar_bridge_authority(ar_queue *q, char *out, size_t outlen);
 AR_API ar_queue *ar_bridge_resolve(const char *authority, size_t len, int *why);
 
+/* The process is exiting (atexit): the hosts' objects may be gone already
+ * (nginx closed its Lua VM, Envoy destroyed its workers), so from now on
+ * answers are stored but no completion sink runs.  Runtimes can then be
+ * unloaded at exit (their shutdown hooks run) without touching a host.
+ * Irreversible; any thread. */
+AR_API void ar_hosts_gone(void);
+
 /* Diagnostics, for leak tests. */
 AR_API long ar_tasks_alive(void);
 AR_API long ar_queues_alive(void);

@@ -17,6 +17,8 @@
 
 #include "core_internal.h"
 
+static atomic_int g_hosts_gone;    /* ar_hosts_gone: completion sinks no longer run */
+
 enum where { W_NEW = 0, W_QUEUED, W_TAKEN, W_ANSWERED };
 
 struct ar_task {
@@ -143,6 +145,8 @@ ar_queue *ar_queue_create(int max_queue)
     atomic_fetch_add(&g_queues_alive, 1);
     return q;
 }
+
+void ar_hosts_gone(void) { atomic_store(&g_hosts_gone, 1); }
 
 ar_queue *ar_queue_new(int max_queue)
 {
@@ -421,7 +425,10 @@ void ngx_http_lua_ffi_respond(void *task, int rc, char *rsp, int rsp_len)
     if (rsp && rsp_len <= 0) t->rsp_len = strlen(rsp);
     else t->rsp_len = rsp ? (size_t)rsp_len : 0;
     atomic_store_explicit(&t->done, 1, memory_order_release);
-    if (t->sink && t->sink->complete) t->sink->complete(t, t->sink->ctx);
+    /* after ar_hosts_gone no host code runs: the answer is stored, the
+     * host's reference is never released (the process is exiting) */
+    if (t->sink && t->sink->complete && !atomic_load(&g_hosts_gone))
+        t->sink->complete(t, t->sink->ctx);
     task_unref(t);                          /* the runtime's reference */
 }
 

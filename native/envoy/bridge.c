@@ -38,7 +38,8 @@
  * have.  A request that reaches the bridge cluster from outside (a route
  * with cluster_header, a forged Host) gets 400 (malformed), 403 (no secret)
  * or 404 (no such runtime) and a rate-limited log line; nothing is parsed
- * as a pointer.  Method names: 1-127 bytes, no NUL.
+ * as a pointer.  Method names: 0-127 bytes ("" is lua-resty-ffi's rt(req)),
+ * no NUL.
  *
  * Threads and ownership:
  *   - bridge_filter is created, used and freed on its worker thread only.
@@ -239,11 +240,11 @@ static int bridge_request_headers(void *fe, void *fm, bool eos)
     /* :authority = the queue, :path = "/" method */
     envoy_dynamic_module_callback_http_get_header(fe, ENV_HDR_REQUEST, MB(":authority"), &qv, 0, NULL);
     envoy_dynamic_module_callback_http_get_header(fe, ENV_HDR_REQUEST, MB(":path"), &mv, 0, NULL);
-    if (mv.ptr && mv.length >= 2 && mv.ptr[0] == '/') {
-        mv.ptr++;
+    if (mv.ptr && mv.length >= 1 && mv.ptr[0] == '/') {
+        mv.ptr++;                                       /* "/" alone: the method "" (rt(req)) */
         mv.length--;
     } else {
-        mv.ptr = NULL;                                  /* "/" alone names no method */
+        mv.ptr = NULL;
     }
     if (!mv.ptr || mv.length >= sizeof f->method || memchr(mv.ptr, '\0', mv.length)) {
         bridge_refused(fe, 400, "bad-request", "a malformed call");

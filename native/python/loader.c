@@ -141,11 +141,16 @@ static int config_str(PyConfig *c, wchar_t **field, const char *s)
     return 0;
 }
 
-EXPORT int aioresty_python_shutdown(void);
 
+static int call_boot(const char *fn, PyObject *args);
+
+/* Process exit: no host code runs after it starts (_boot.shutdown_at_exit). */
 static void shutdown_at_exit(void)
 {
-    if (g_py_pid == getpid()) aioresty_python_shutdown();   /* not in a forked child */
+    if (g_py_pid != getpid() || !Py_IsInitialized()) return;   /* not in a forked child */
+    PyGILState_STATE gs = PyGILState_Ensure();
+    call_boot("shutdown_at_exit", PyTuple_New(0));
+    PyGILState_Release(gs);
 }
 
 static int start_python(void)

@@ -20,6 +20,7 @@ from tests.lua_api_cases import (  # noqa: F401 (collected here: the cases run i
     test_handler_timeout,
     test_msgpack_arguments,
     test_per_call_timeout_cancels_handler,
+    test_runtime_object_is_lua_resty_ffis,
     test_unknown_method,
 )
 

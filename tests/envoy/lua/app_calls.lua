@@ -45,6 +45,11 @@ function envoy_on_request(h)
         h:respond({[":status"] = "500", ["x-err"] = "load"}, tostring(err))
         return
     end
+    if path:find("^/runtime_object") then
+        local check = dofile(os.getenv("AIORESTY_TEST_LUA_DIR") .. "/runtime_object.lua")
+        h:respond({[":status"] = "200"}, check(h))
+        return
+    end
     if path:find("^/unload_then_call") then
         rt:__unload()
         local ok, res, e = rt:echo("x", h)
