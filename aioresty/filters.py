@@ -141,14 +141,26 @@ class Headers(MutableMapping[str, str]):
                 out += (_OP_ADD, k, v)
 
 
-_BAD_NAME = re.compile("[\r\n\0 :]").search  # ':' anywhere: pseudo-headers are attributes
-_BAD_VALUE = re.compile("[\r\n\0]").search
+# RFC 9110: a field name is a token (lower-cased here; ':' is never one: pseudo-headers
+# are attributes); a field value has no CTL but HTAB; a request target is visible ASCII.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+").fullmatch
+_BAD_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]").search
+_BAD_PATH = re.compile("[^\x21-\x7e]|#").search
+
+
+def _check_status(status: Any) -> int:
+    """A final status a filter may send: 200-599 (1xx are not final answers)."""
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError(f"bad status {status!r}: a local reply or a rewrite takes 200-599")
+    return status
 
 
 def _check_name(key: str) -> str:
     k = key.lower()
-    if not k or _BAD_NAME(k):
-        raise ValueError(f"invalid header name {key!r}")
+    if not _TOKEN(k):
+        raise ValueError(
+            f"invalid header name {key!r} (an RFC 9110 token: letters, digits, !#$%&'*+-.^_`|~)"
+        )
     return k
 
 
@@ -159,7 +171,7 @@ def _check_value(value: str) -> str:
         # Envoy's set_header removes a header given an empty value
         raise ValueError("empty header values are not supported (delete the header instead)")
     if _BAD_VALUE(value):
-        raise ValueError(f"invalid header value {value!r}")
+        raise ValueError(f"invalid header value {value!r} (control characters other than tab)")
     return value
 
 
@@ -172,9 +184,13 @@ class Response:
     body: bytes | str = b""
     headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
 
+    def __post_init__(self) -> None:
+        _check_status(self.status)
+        if self.status in (204, 304) and self.body:
+            raise ValueError(f"a {self.status} response has no body")
+
     def _pack(self) -> bytes:
-        if not 100 <= int(self.status) <= 999:
-            raise ValueError(f"bad status {self.status!r}")
+        _check_status(self.status)
         flat: list[str] = []
         if self.headers is not None:
             hs = self.headers
@@ -241,8 +257,11 @@ class FilterRequest(_Message):
 
     @path.setter
     def path(self, value: str) -> None:
-        if not value.startswith("/") or any(c in value for c in "\r\n\0 "):
-            raise ValueError(f"invalid path {value!r}")
+        if not value.startswith("/") or _BAD_PATH(value):
+            raise ValueError(
+                f"invalid path {value!r}: an origin-form target, '/' then visible ASCII "
+                "(percent-encode anything else, e.g. urllib.parse.quote), no '#'"
+            )
         self._pseudo[":path"] = value
         self._pseudo_dirty = True
 
@@ -272,9 +291,7 @@ class FilterResponse(_Message):
 
     @status.setter
     def status(self, value: int) -> None:
-        if not 100 <= int(value) <= 999:
-            raise ValueError(f"bad status {value!r}")
-        self._pseudo[":status"] = str(int(value))
+        self._pseudo[":status"] = str(_check_status(value))
         self._pseudo_dirty = True
 
     def __repr__(self) -> str:

@@ -100,3 +100,24 @@ def test_cli_paths() -> None:
     assert Path(info["core"]).is_file()
     assert Path(info["python_loader"]).is_file()
     assert (Path(info["lua_dir"]) / "resty_ffi.lua").is_file()
+
+
+def test_filter_output_rules() -> None:
+    """RFC 9110 names and values, origin-form paths, final statuses only."""
+    from aioresty import Headers, Response
+
+    h = Headers()
+    for bad in ("x\ty", "x(y", "é", "", "x:y", "a b"):
+        with pytest.raises(ValueError, match="invalid header name"):
+            h[bad] = "1"
+    h["x-ok_1.~"] = "tab\tis fine"
+    for bad in ("a\x01b", "a\x7fb", "a\nb"):
+        with pytest.raises(ValueError, match="invalid header value"):
+            h["x-v"] = bad
+    for status in (100, 101, 199, 600, True):
+        with pytest.raises(ValueError, match="bad status"):
+            Response(status)
+    for status in (204, 304):
+        assert Response(status).status == status
+        with pytest.raises(ValueError, match="has no body"):
+            Response(status, b"x")

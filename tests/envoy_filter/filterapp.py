@@ -16,6 +16,26 @@ class Unprintable(Exception):
         raise RuntimeError("no str")
 
 
+def _hygiene(req: FilterRequest, case: str) -> None:
+    """What a client-influenced hook might try to send on (issue 11, point 4)."""
+    if case == "tab-name":
+        req.headers["x\ty"] = "1"
+    elif case == "paren-name":
+        req.headers["x(y"] = "1"
+    elif case == "utf8-name":
+        req.headers["é"] = "1"
+    elif case == "ctl-value":
+        req.headers["x-v"] = "a\x01b"
+    elif case == "del-value":
+        req.headers["x-v"] = "a\x7fb"
+    elif case == "tab-path":
+        req.path = "/a\tb"
+    elif case == "continue":
+        raise aioresty.HandlerError("unused")
+    elif case == "status-100":
+        aioresty.Response(100)
+
+
 def _note(msg: str) -> None:
     print(f"[filterapp] {msg}", file=sys.stderr, flush=True)
 
@@ -34,6 +54,8 @@ async def auth(req: FilterRequest) -> Response | None:
         raise RuntimeError("boom from the filter")
     if "/unprintable" in path:
         raise Unprintable()
+    if path.startswith("/hygiene/"):
+        _hygiene(req, path.rsplit("/", 1)[1])
     if "/surrogate" in path:
         return Response(403, "no \udcff way")  # a body str that is not UTF-8
     if req.headers.get("authorization") != "Bearer ok":

@@ -119,6 +119,31 @@ def test_broken_hook_answers_apply_the_fail_policy(envoy: FilterEnvoy) -> None:
     assert req(envoy, "GET", "/echo", headers=AUTH)[0] == 200
 
 
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("tab-name", "invalid header name 'x\\ty'"),
+        ("paren-name", "invalid header name 'x(y'"),
+        ("utf8-name", "invalid header name 'é'"),
+        ("ctl-value", "invalid header value 'a\\x01b'"),
+        ("del-value", "invalid header value 'a\\x7fb'"),
+        ("tab-path", "invalid path '/a\\tb'"),
+        ("status-100", "bad status 100"),
+    ],
+)
+def test_output_hygiene_applies_the_fail_policy(
+    envoy: FilterEnvoy, upstream: Upstream, case: str, message: str
+) -> None:
+    """Header names must be tokens, values field-values, the path visible ASCII,
+    statuses 200-599: a hook breaking that fails under the filter's policy and
+    nothing reaches the upstream raw."""
+    before = upstream.hits
+    status, h, _ = req(envoy, "GET", f"/hygiene/{case}", headers=AUTH)
+    assert (status, h["x-aioresty-error"]) == (500, "error")
+    assert upstream.hits == before
+    assert message in envoy.log()
+
+
 def test_timeout_fail_closed_and_open(envoy: FilterEnvoy) -> None:
     t0 = time.monotonic()
     status, h, _ = req(envoy, "GET", "/t/sleep/3")  # timeout=0.3 on /t/
