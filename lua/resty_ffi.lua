@@ -34,8 +34,10 @@ local rawget = rawget
 local rawset = rawset
 local error = error
 local math_huge = math.huge
+local str_find = string.find
 
-local _M = { _VERSION = "0.1.0", DEFAULT_TIMEOUT_MS = core.DEFAULT_TIMEOUT_MS }
+local _M = { _VERSION = "0.1.0", DEFAULT_TIMEOUT_MS = core.DEFAULT_TIMEOUT_MS,
+             METHOD_MAX = 127 }
 
 local default_timeout = core.DEFAULT_TIMEOUT_MS     -- ms, this Lua VM's
 
@@ -75,7 +77,14 @@ local function alive(rt)
     return true
 end
 
+-- Method names, the same rule on every host and mode: 0-127 bytes, no NUL
+-- (a NUL would cut the name in C: "echo\0zzz" must not call "echo").
+local METHOD_MAX = _M.METHOD_MAX
+
 local function call(rt, method, req, handle, timeout_ms)
+    if #method > METHOD_MAX or str_find(method, "\0", 1, true) then
+        return false, "resty_ffi: bad method name (0-" .. METHOD_MAX .. " bytes, no NUL)"
+    end
     if not alive(rt) then
         return false, "task queue is finished"
     end

@@ -3,6 +3,8 @@ content_by_lua_block, tests/apps/asyncapp.py behind it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests import semantics_cases
 
 SEM = """
@@ -46,3 +48,22 @@ def test_each_call_is_its_own_task_and_contextvars_do_not_leak(nginx):
 def test_background_base_exceptions_keep_serving(nginx):
     call, log = _started(nginx)
     semantics_cases.background_base_exceptions_keep_serving(call, log)
+
+
+def test_runtime_object_is_lua_resty_ffis(nginx):
+    """The same checks as both Envoy Lua modes (tests/envoy/lua/runtime_object.lua)."""
+    script = Path(__file__).resolve().parents[1] / "envoy" / "lua" / "runtime_object.lua"
+    nginx.write_conf(
+        f"""
+location = /runtime_object {{
+    content_by_lua_block {{
+        local check = dofile("{script}")
+        ngx.print(check(nil))
+    }}
+}}
+""",
+        workers=1,
+    )
+    nginx.start()
+    status, _, body = nginx.request("/runtime_object", None, timeout=30)
+    assert (status, body) == (200, b"ok"), (status, body)

@@ -34,6 +34,17 @@ local function check(handle)
     if py.finished ~= false then
         return "unloaded by resty_ffi.call"
     end
+    -- one rule for method names: 0-127 bytes, no NUL (a NUL must not cut the name)
+    for _, name in ipairs({ string.rep("m", 128), "echo\0zzz" }) do
+        local ok2, err2 = py[name](py, "x", handle)
+        if ok2 ~= false or not tostring(err2):find("bad method name", 1, true) then
+            return "name " .. #name .. ": " .. tostring(ok2) .. " " .. tostring(err2)
+        end
+    end
+    local ok3, res3 = py[string.rep("m", 127)](py, "x", handle)
+    if ok3 ~= false or res3 ~= 2 then
+        return "127-byte name: " .. tostring(ok3) .. " " .. tostring(res3)
+    end
     -- request-derived names do not grow the object (or the VM) without bound
     for i = 1, 3000 do
         local _ = py["m" .. i]
