@@ -241,7 +241,9 @@ end
 
 -- resty_ffi.call(rt, method, req, handle, timeout_ms): a call with its own
 -- timeout (ms); same results as rt:<method>(req, handle).
+-- lua-resty-ffi's field names: never methods (resty_ffi.RESERVED[name])
 local reserved = { __unload = true, key = true, finished = true, handle = true, tq = true }
+_M.RESERVED = reserved
 
 -- resty_ffi.call is also the safe way to call a method whose name comes from
 -- a request: reserved names are refused, never looked up on the object.

@@ -27,6 +27,15 @@ def build_testhost(out: Path) -> Path:
     return out / "ar_testhost"
 
 
+def build_slow_runtime(out: Path) -> Path:
+    """tests/envoy/slow_runtime.c (a lua-resty-ffi runtime that answers late or
+    never) built as out (libffi_slow.so)."""
+    src = ROOT / "tests" / "envoy" / "slow_runtime.c"
+    cmd = ["cc", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-o", str(out)]
+    subprocess.run([*cmd, str(src), "-lpthread"], check=True, timeout=60)
+    return out
+
+
 def host_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)

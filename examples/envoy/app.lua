@@ -15,8 +15,7 @@ function envoy_on_request(request_handle)
   local body = request_handle:body()
   local n = body and body:length() or 0
   local req = n > 0 and body:getBytes(0, n) or ""
-  if method:sub(1, 2) == "__" or method == "key" or method == "finished"
-      or method == "handle" or method == "tq" then
+  if resty_ffi.RESERVED[method] or method:sub(1, 2) == "__" then  -- "__": Python's reserved
     request_handle:respond({[":status"] = "404"}, "no such method\n")
     return
   end

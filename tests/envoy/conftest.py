@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from aioresty import envoy_config
+from tests.hostlib import build_slow_runtime
 from tests.netutil import free_port, http_request, terminate, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,24 +152,7 @@ class Envoy:
 @pytest.fixture
 def slow_runtime(tmp_path: Path) -> str:
     """Builds tests/envoy/slow_runtime.c as <tmp>/libffi_slow.so; returns 'ffi_slow'."""
-    out = tmp_path / "libffi_slow.so"
-    subprocess.run(
-        [
-            "cc",
-            "-O2",
-            "-fPIC",
-            "-shared",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-o",
-            str(out),
-            str(HERE / "slow_runtime.c"),
-            "-lpthread",
-        ],
-        check=True,
-        timeout=60,
-    )
+    build_slow_runtime(tmp_path / "libffi_slow.so")
     return "ffi_slow"
 
 

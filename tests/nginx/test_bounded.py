@@ -4,12 +4,11 @@ adapter's semaphore wait (tests/bounded_cases.py; routes in lua/bounded.lua)."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from tests import bounded_cases
-from tests.nginx.conftest import REPO
+from tests.hostlib import build_slow_runtime
 
 SERVER = """
 location / {
@@ -21,24 +20,7 @@ location / {
 @pytest.fixture
 def bounded(nginx):
     # ffi_slow in the prefix: readable by the workers (nobody when run as root)
-    lib = nginx.prefix / "libffi_slow.so"
-    subprocess.run(
-        [
-            "cc",
-            "-O2",
-            "-fPIC",
-            "-shared",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-o",
-            str(lib),
-            str(REPO / "tests" / "envoy" / "slow_runtime.c"),
-            "-lpthread",
-        ],
-        check=True,
-        timeout=60,
-    )
+    lib = build_slow_runtime(nginx.prefix / "libffi_slow.so")
     os.chmod(lib, 0o755)
     nginx.extra_env["AIORESTY_LIB_PATH"] = str(nginx.prefix)
     nginx.write_conf(
