@@ -35,9 +35,11 @@ local rawset = rawset
 local error = error
 local math_huge = math.huge
 local str_find = string.find
+local str_format = string.format
+local tostring = tostring
 
 local _M = { _VERSION = "0.1.0", DEFAULT_TIMEOUT_MS = core.DEFAULT_TIMEOUT_MS,
-             METHOD_MAX = 127 }
+             METHOD_MAX = core.METHOD_MAX, ANSWER_MAX = core.ANSWER_MAX }
 
 local default_timeout = core.DEFAULT_TIMEOUT_MS     -- ms, this Lua VM's
 
@@ -59,7 +61,7 @@ end
 
 local runtimes = {}     -- per Lua VM: key -> runtime object
 local timeouts = setmetatable({}, { __mode = "k" })     -- runtime -> opts.timeout (ms)
-local libpaths = setmetatable({}, { __mode = "k" })     -- runtime -> resolved library path
+local loaded = setmetatable({}, { __mode = "k" })       -- runtime -> { max_queue, flags, path }
 
 -- Is rt still usable?  It may have been unloaded elsewhere in the process
 -- (another VM or worker thread shares the runtime).
@@ -143,7 +145,7 @@ local mt = {
             return nil
         end
         if k == "handle" then       -- lua-resty-ffi: the runtime library's clib
-            local clib = ffi.load(libpaths[self], false)
+            local clib = ffi.load(loaded[self].path, false)
             rawset(self, "handle", clib)
             return clib
         end
@@ -160,6 +162,34 @@ local mt = {
 
 local errbuf_len = 1024
 
+-- A load of a key this VM already has, with other options: one warning per
+-- runtime object, naming both (the loaded runtime's options stay; the
+-- registry warns the same way across VMs, aioresty_core.h).
+local function describe(max_queue, flags, timeout)
+    return str_format("max_queue=%s is_global=%s unpin=%s timeout=%s",
+                      tostring(max_queue),
+                      tostring(flags % 2 == 1), tostring(flags >= 2),
+                      timeout and tostring(timeout) or "default")
+end
+
+local function check_options(rt, max_queue, flags, timeout)
+    local was = loaded[rt]
+    if not was or was.warned then
+        return
+    end
+    local mq = max_queue > 0 and max_queue or was.max_queue
+    local fl = flags % 4
+    local to = timeout or timeouts[rt]
+    if mq == was.max_queue and fl == was.flags and to == timeouts[rt] then
+        return
+    end
+    was.warned = true
+    C.ar_log(core.LOG_WARN, str_format(
+        "runtime '%s' is already loaded in this Lua VM with %s; a load asking for %s gets it"
+        .. " as it is (the first load's options stay)",
+        rt.key, describe(was.max_queue, was.flags, timeouts[rt]), describe(mq, fl, to)))
+end
+
 function _M.load_ffi(lib, cfg, opts)
     if type(lib) ~= "string" or lib == "" then
         return nil, "ngx.load_ffi: lib must be a non-empty string"
@@ -167,17 +197,19 @@ function _M.load_ffi(lib, cfg, opts)
     if cfg ~= nil and type(cfg) ~= "string" then
         return nil, "ngx.load_ffi: cfg must be a string or nil"
     end
-    local max_queue, flags, timeout = 65536, 0, nil
+    local max_queue, flags, timeout = 0, 0, nil     -- 0, nil: not asked for
     if opts ~= nil then
         if type(opts) ~= "table" then
             return nil, "ngx.load_ffi: opts must be a table"
         end
         if opts.max_queue ~= nil then
-            if type(opts.max_queue) ~= "number" or opts.max_queue < 1 then
+            if type(opts.max_queue) ~= "number" or opts.max_queue < 1
+                    or opts.max_queue > 0x7fffffff then
                 return nil, "ngx.load_ffi: opts.max_queue must be a positive number"
             end
             max_queue = opts.max_queue
         end
+        flags = core.LOAD_OPTIONS
         if opts.is_global then
             flags = flags + core.LOAD_GLOBAL
         end
@@ -195,6 +227,9 @@ function _M.load_ffi(lib, cfg, opts)
     local key = cfg and (lib .. "&" .. cfg) or lib
     local rt = runtimes[key]
     if rt and alive(rt) then
+        if opts ~= nil then
+            check_options(rt, max_queue, flags, timeout)
+        end
         return rt
     end
     local ad = get_adapter()
@@ -216,8 +251,9 @@ function _M.load_ffi(lib, cfg, opts)
         __unload = unload,
     }, mt)
     timeouts[rt] = timeout
-    C.ar_resolve_library(lib, err, errbuf_len)
-    libpaths[rt] = ffi_string(err)
+    local path = C.ar_runtime_path(q, err, errbuf_len) == 0 and ffi_string(err) or lib
+    loaded[rt] = { max_queue = max_queue > 0 and max_queue or core.DEFAULT_MAX_QUEUE,
+                   flags = flags % 4, path = path }
     runtimes[key] = rt
     return rt
 end

@@ -53,6 +53,11 @@ def test_fresh_venv_with_aioresty_installed(tmp_path: Path, testhost_exe: Path) 
     try:
         h.ok("load v aioresty venvapp_handlers")
         assert h.call("v", "where", "empty").text == str(venv)
+        # a lua-resty-ffi style runtime loads with no aioresty-specific environment
+        # either: the loader finds its own venv (issue 11, point 5)
+        legacy = ROOT / "examples" / "python" / "ffi" / "echo"
+        h.ok(f"load l resty_ffi_python {legacy},init")
+        assert h.call("l", "echo", "text:hi").text == "hi"
     finally:
         last = h.close()
     assert last == "exit tasks=0 queues=0", h.stderr

@@ -24,7 +24,12 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
                           char *err, size_t errlen);
 void ar_runtime_unload(ar_queue *q);
 void ar_runtime_unload_all(void);
-int ar_resolve_library(const char *lib, char *out, size_t outlen);
+int ar_runtime_path(ar_queue *q, char *out, size_t outlen);
+typedef struct ar_limits_t {
+    int method_max, answer_max, rc_too_large, default_max_queue;
+} ar_limits_t;
+void ar_limits(ar_limits_t *out);
+void ar_log(int level, const char *line);
 void ar_queue_ref(ar_queue *q);
 void ar_queue_unref(ar_queue *q);
 int ar_queue_closed(const ar_queue *q);
@@ -47,7 +52,8 @@ long ar_queues_alive(void);
 local _M = {
     _VERSION = "0.1.0",
     OK = 0, EFULL = -1, ECLOSED = -2, ENOMEM = -3, EINVAL = -4, ELOAD = -5,
-    LOAD_GLOBAL = 1, LOAD_UNPIN = 2,
+    LOAD_GLOBAL = 1, LOAD_UNPIN = 2, LOAD_OPTIONS = 4,
+    LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3,
     -- the bounded default timeout (ms) of every runtime call, on every host
     -- (resty_ffi.set_default_timeout changes it per Lua VM; the Envoy module's
     -- C side has the same value: AR_DEFAULT_TIMEOUT_MS, native/envoy/timeouts.h)
@@ -86,5 +92,12 @@ if not _M.lib_dir then
           .. "(`aioresty paths` prints it)", 2)
 end
 _M.C = ffi.load(_M.lib_dir .. "/libaioresty_core.so", true)
+-- the limits every host and mode share (aioresty_core.h "Limits")
+do
+    local lim = ffi.new("ar_limits_t")
+    _M.C.ar_limits(lim)
+    _M.METHOD_MAX, _M.ANSWER_MAX = lim.method_max, lim.answer_max
+    _M.RC_TOO_LARGE, _M.DEFAULT_MAX_QUEUE = lim.rc_too_large, lim.default_max_queue
+end
 
 return _M

@@ -153,12 +153,17 @@ typedef struct ar_sink {
 enum {
     AR_LOAD_GLOBAL = 1, /* dlopen the runtime library RTLD_GLOBAL (is_global) */
     AR_LOAD_UNPIN = 2,  /* dlclose it once the runtime acknowledged its unload */
+    AR_LOAD_OPTIONS = 4, /* the caller gave is_global/unpin explicitly: a load of an
+                            already loaded key with other flags is warned about */
 };
 
 /* Registry.  Returns the runtime's queue for the key `lib&cfg`, loading it on
- * first use: dlopen (see ar_resolve_library), dlsym libffi_init, call it with
- * a private copy of cfg.  The caller gets a new reference (ar_queue_unref).
- * max_queue <= 0 means 65536; the first load's max_queue and flags win.
+ * first use: dlopen (the file ar_runtime_path names, found as below),
+ * dlsym libffi_init, call it with a private copy of cfg.  The caller gets a
+ * new reference (ar_queue_unref).  max_queue <= 0 means 65536 (and "no
+ * preference" for a loaded key).  The first load's max_queue and flags win:
+ * a later load of the same key asking for others (max_queue > 0; flags with
+ * AR_LOAD_OPTIONS) gets the loaded runtime and one warning naming both.
  * On failure returns NULL and writes a message into err (errlen bytes). */
 AR_API ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int flags,
                                  char *err, size_t errlen);
@@ -172,11 +177,45 @@ AR_API void ar_runtime_unload(ar_queue *q);
 /* Unloads every runtime in the registry (host shutdown). */
 AR_API void ar_runtime_unload_all(void);
 
-/* Where `lib` resolves to: a name with a '/' is a path; otherwise
- * lib<name>.so is looked up in $AIORESTY_LIB_PATH (':'-separated), then
- * next to libaioresty_core.so, then by the dynamic linker's default search.
- * Writes the chosen path (or the bare soname) into out. */
-AR_API int ar_resolve_library(const char *lib, char *out, size_t outlen);
+/* Which file `lib` is (docs/core.md "Runtime libraries"), in this order:
+ *   - a path (it has a '/'): absolute as given; relative to the first entry
+ *     of $AIORESTY_LIB_PATH, never to the proxy's working directory;
+ *   - a name: its file name as LuaJIT's ffi.load makes it ("echo" and
+ *     "echo.so" -> "libecho.so", "libecho.so" as is), looked up in each
+ *     $AIORESTY_LIB_PATH directory (':'-separated), then by the dynamic
+ *     linker (LD_LIBRARY_PATH, ld.so.cache, ...), and only then next to
+ *     libaioresty_core.so (the runtimes aioresty bundles).
+ * The registry logs the file each runtime was loaded from. */
+
+/* The file the loaded runtime of q came from (absolute) into out; AR_OK, or
+ * AR_ECLOSED when q is not a loaded runtime's queue. */
+AR_API int ar_runtime_path(ar_queue *q, char *out, size_t outlen);
+
+/* Limits, the same on every host and mode (docs/core.md "Limits"); hosts
+ * and Lua read them from here (ar_limits).  A method name is
+ * 0..AR_METHOD_MAX bytes without NUL.  An answer longer than AR_ANSWER_MAX
+ * bytes (the stock Envoy bridge carries at most that) is replaced by the
+ * core with rc AR_RC_TOO_LARGE and a message naming the method and the size
+ * (aioresty apps report the same rc as their RC_BAD_RESULT).  A queue holds
+ * at most max_queue waiting tasks, AR_DEFAULT_MAX_QUEUE unless loaded with
+ * another. */
+enum {
+    AR_METHOD_MAX = 127,
+    AR_ANSWER_MAX = 32 * 1024 * 1024,
+    AR_RC_TOO_LARGE = 5,
+    AR_DEFAULT_MAX_QUEUE = 65536,
+};
+typedef struct ar_limits_t {
+    int method_max, answer_max, rc_too_large, default_max_queue;
+} ar_limits_t;
+AR_API void ar_limits(ar_limits_t *out);
+
+/* One log line from the core ("aioresty: ..." on stderr, which the proxies
+ * put in their log; hosts may route it elsewhere with ar_set_logger).
+ * Levels: 0 debug, 1 info, 2 warning, 3 error. */
+typedef void (*ar_logger_fn)(int level, const char *line);
+AR_API void ar_log(int level, const char *line);
+AR_API void ar_set_logger(ar_logger_fn fn);
 
 /* A queue outside the registry, for in-process hosts that start a runtime
  * on it themselves (aioresty.testing): the caller holds one reference and

@@ -1,6 +1,6 @@
 # libaioresty_core.so: task queue, registry, lua-resty-ffi runtime ABI.
 CORE_DIR := $(HERE)/core
-CORE_SRC := $(CORE_DIR)/task_queue.c $(CORE_DIR)/registry.c
+CORE_SRC := $(CORE_DIR)/task_queue.c $(CORE_DIR)/registry.c $(CORE_DIR)/log.c
 CORE_HDR := $(CORE_DIR)/aioresty_core.h $(CORE_DIR)/core_internal.h
 LIBS += $(OUT)/libaioresty_core.so
 

@@ -9,8 +9,6 @@
 
 #include "aioresty_core.h"
 
-#define AR_DEFAULT_MAX_QUEUE 65536
-
 struct ar_queue {
     pthread_mutex_t mu;
     pthread_cond_t cv;          /* signalled for blocked ngx_http_lua_ffi_task_poll */

@@ -7,6 +7,7 @@
  * load the same key at once get one runtime, and runtimes start one at a time.
  */
 #include <dlfcn.h>
+#include <link.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -24,7 +25,10 @@ typedef struct entry {
     struct entry *next;         /* registry list link (while registered) */
     char *key;                  /* "lib&cfg" or "lib" */
     void *dl;                   /* dlopen handle */
+    char *path;                 /* the file it was loaded from (ar_runtime_path) */
     int flags;
+    int max_queue;              /* as loaded (65536 for "default") */
+    int warned;                 /* an option conflict was logged (once per entry) */
     ar_queue *q;
     uint64_t id;                /* process-unique, never reused (ar_queue_lookup) */
     int registered;
@@ -68,40 +72,95 @@ static int own_dir(char *out, size_t outlen)
     return 0;
 }
 
-int ar_resolve_library(const char *lib, char *out, size_t outlen)
+/* The file name LuaJIT's ffi.load gives a library name: ".so" appended
+ * when it has no '.', then "lib" prepended unless it starts with it. */
+static int file_name(const char *lib, char *out, size_t outlen)
 {
-    char cand[PATH_MAX];
-    if (!lib || !*lib || !out) return AR_EINVAL;
+    const char *ext = strchr(lib, '.') ? "" : ".so";
+    const char *pre = strncmp(lib, "lib", 3) == 0 ? "" : "lib";
+    return (size_t)snprintf(out, outlen, "%s%s%s", pre, lib, ext) < outlen ? 0 : -1;
+}
+
+/* The first entry of $AIORESTY_LIB_PATH into out; 0, or -1 if none. */
+static int first_lib_dir(char *out, size_t outlen)
+{
+    const char *path = getenv("AIORESTY_LIB_PATH");
+    if (!path || !*path) return -1;
+    size_t n = strcspn(path, ":");
+    if (n == 0 || n >= outlen) return -1;
+    memcpy(out, path, n);
+    out[n] = '\0';
+    return 0;
+}
+
+/* dlopen `lib` the way aioresty_core.h ("Which file `lib` is") says.
+ * Returns the handle, or NULL with the reason in err. */
+static void *open_library(const char *lib, int mode, char *err, size_t errlen)
+{
+    char cand[PATH_MAX], fname[NAME_MAX + 1], dir[PATH_MAX - NAME_MAX - 2];
+    void *dl;
     if (strchr(lib, '/')) {
-        if ((size_t)snprintf(out, outlen, "%s", lib) >= outlen) return AR_EINVAL;
-        return AR_OK;
+        if (lib[0] == '/') {
+            if ((size_t)snprintf(cand, sizeof cand, "%s", lib) >= sizeof cand) goto toolong;
+        } else {
+            if (first_lib_dir(dir, sizeof dir) < 0) {
+                set_err(err, errlen,
+                        "relative library path '%s': relative paths are taken against the "
+                        "first entry of $AIORESTY_LIB_PATH, which is not set", lib);
+                return NULL;
+            }
+            if ((size_t)snprintf(cand, sizeof cand, "%s/%s", dir, lib) >= sizeof cand)
+                goto toolong;
+        }
+        if (!(dl = dlopen(cand, mode)))
+            set_err(err, errlen, "cannot load runtime library '%s': %s", lib, dlerror());
+        return dl;
     }
+    if (file_name(lib, fname, sizeof fname) < 0) goto toolong;
     const char *path = getenv("AIORESTY_LIB_PATH");
     while (path && *path) {
-        const char *end = strchr(path, ':');
-        size_t n = end ? (size_t)(end - path) : strlen(path);
-        if (n > 0 && n < sizeof cand) {
-            if ((size_t)snprintf(cand, sizeof cand, "%.*s/lib%s.so", (int)n, path, lib) <
-                    sizeof cand && is_file(cand)) {
-                goto found;
-            }
-        }
-        path = end ? end + 1 : NULL;
-    }
-    {
-        char dir[PATH_MAX - 64];
-        if (own_dir(dir, sizeof dir) == 0 &&
-            (size_t)snprintf(cand, sizeof cand, "%s/lib%s.so", dir, lib) < sizeof cand &&
+        size_t n = strcspn(path, ":");
+        if (n > 0 && n < sizeof dir &&
+            (size_t)snprintf(cand, sizeof cand, "%.*s/%s", (int)n, path, fname) < sizeof cand &&
             is_file(cand)) {
-            goto found;
+            if (!(dl = dlopen(cand, mode)))
+                set_err(err, errlen, "cannot load runtime library '%s' (%s): %s", lib, cand,
+                        dlerror());
+            return dl;
         }
+        path += n;
+        if (*path == ':') path++;
     }
-    /* the dynamic linker's own search (LD_LIBRARY_PATH, ld.so.cache, ...) */
-    if ((size_t)snprintf(out, outlen, "lib%s.so", lib) >= outlen) return AR_EINVAL;
-    return AR_OK;
-found:
-    if ((size_t)snprintf(out, outlen, "%s", cand) >= outlen) return AR_EINVAL;
-    return AR_OK;
+    /* the dynamic linker's own search: LD_LIBRARY_PATH, ld.so.cache, ... */
+    if ((dl = dlopen(fname, mode))) return dl;
+    char linker[512];
+    snprintf(linker, sizeof linker, "%s", dlerror());
+    /* last: the runtimes bundled with aioresty, next to this library */
+    if (own_dir(dir, sizeof dir) == 0 &&
+        (size_t)snprintf(cand, sizeof cand, "%s/%s", dir, fname) < sizeof cand && is_file(cand)) {
+        if (!(dl = dlopen(cand, mode)))
+            set_err(err, errlen, "cannot load runtime library '%s' (%s): %s", lib, cand,
+                    dlerror());
+        return dl;
+    }
+    set_err(err, errlen,
+            "cannot load runtime library '%s': %s not in $AIORESTY_LIB_PATH (%s), nor found "
+            "by the dynamic linker (%s), nor bundled with aioresty", lib, fname,
+            getenv("AIORESTY_LIB_PATH") ? getenv("AIORESTY_LIB_PATH") : "not set", linker);
+    return NULL;
+toolong:
+    set_err(err, errlen, "bad library name '%s' (too long)", lib);
+    return NULL;
+}
+
+/* The absolute path dl was loaded from into out ("" if unknown). */
+static void loaded_path(void *dl, char *out, size_t outlen)
+{
+    struct link_map *lm = NULL;
+    out[0] = '\0';
+    if (dlinfo(dl, RTLD_DI_LINKMAP, &lm) != 0 || !lm || !lm->l_name) return;
+    char real[PATH_MAX];
+    snprintf(out, outlen, "%s", realpath(lm->l_name, real) ? real : lm->l_name);
 }
 
 /* Runtime libraries resolve ngx_http_lua_ffi_* when they are dlopen'ed:
@@ -131,13 +190,31 @@ static char *make_key(const char *lib, const char *cfg)
     return k;
 }
 
+/* A later load of a loaded key asked for other options: one warning per
+ * runtime naming both (the first load's options stay).  g_lock held. */
+static void warn_options_locked(entry *e, int max_queue, int flags)
+{
+    int want_mq = max_queue > 0 ? max_queue : e->max_queue;
+    int want_fl = (flags & AR_LOAD_OPTIONS) ? (flags & 3) : e->flags;
+    if (e->warned || (want_mq == e->max_queue && want_fl == e->flags)) return;
+    e->warned = 1;
+    char line[1024];
+    snprintf(line, sizeof line,
+             "runtime '%.600s' is already loaded with max_queue=%d is_global=%d unpin=%d; "
+             "a load asking for max_queue=%d is_global=%d unpin=%d gets it as it is "
+             "(the first load's options stay)",
+             e->key, e->max_queue, !!(e->flags & AR_LOAD_GLOBAL), !!(e->flags & AR_LOAD_UNPIN),
+             want_mq, !!(want_fl & AR_LOAD_GLOBAL), !!(want_fl & AR_LOAD_UNPIN));
+    ar_log(2, line);
+}
+
 ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int flags, char *err,
                           size_t errlen)
 {
     char path[PATH_MAX];
     entry *e;
     ar_queue *q = NULL;
-    char *key = NULL, *cfg_copy = NULL;
+    char *key = NULL, *cfg_copy = NULL, *path_copy = NULL;
     void *dl = NULL;
 
     if (!lib || !*lib) {
@@ -159,6 +236,7 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
     }
     for (e = g_entries; e; e = e->next) {
         if (strcmp(e->key, key) == 0) {
+            warn_options_locked(e, max_queue, flags);
             ar_queue_ref(e->q);
             q = e->q;
             pthread_mutex_unlock(&g_lock);
@@ -167,26 +245,25 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
         }
     }
     promote_self();
-    if (ar_resolve_library(lib, path, sizeof path) != AR_OK) {
-        set_err(err, errlen, "bad library name '%s'", lib);
-        goto fail;
-    }
-    dl = dlopen(path, RTLD_NOW | ((flags & AR_LOAD_GLOBAL) ? RTLD_GLOBAL : RTLD_LOCAL));
-    if (!dl) {
-        set_err(err, errlen, "cannot load runtime library '%s': %s", lib, dlerror());
-        goto fail;
-    }
+    dl = open_library(lib, RTLD_NOW | ((flags & AR_LOAD_GLOBAL) ? RTLD_GLOBAL : RTLD_LOCAL), err,
+                      errlen);
+    if (!dl) goto fail;
+    loaded_path(dl, path, sizeof path);
     ar_libffi_init_fn init = (ar_libffi_init_fn)dlsym(dl, "libffi_init");
     if (!init) {
         set_err(err, errlen, "runtime library '%s' (%s) has no libffi_init", lib, path);
         goto fail;
     }
+    if (max_queue <= 0) max_queue = AR_DEFAULT_MAX_QUEUE;
     e = calloc(1, sizeof *e);
     q = ar_queue_create(max_queue);
     if (cfg) cfg_copy = strdup(cfg);
-    if (!e || !q || (cfg && !cfg_copy)) {
+    path_copy = strdup(path);
+    if (!e || !q || (cfg && !cfg_copy) || !path_copy) {
         set_err(err, errlen, "out of memory");
         free(e);
+        free(cfg_copy);
+        free(path_copy);
         if (q) {
             ar_queue_unref(q);
             ar_queue_unref(q);
@@ -201,9 +278,10 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
         /* Contract: a runtime that fails its init keeps no use of tq. */
         char why[512];
         size_t wl = ar_queue_error(q, why, sizeof why);
-        set_err(err, errlen, "libffi_init of '%s' with cfg '%s' failed: rc=%d%s%s", lib,
-                cfg ? cfg : "(null)", rc, wl ? ": " : "", wl ? why : "");
+        set_err(err, errlen, "libffi_init of '%s' (%s) with cfg '%s' failed: rc=%d%s%s", lib,
+                path, cfg ? cfg : "(null)", rc, wl ? ": " : "", wl ? why : "");
         free(e);
+        free(path_copy);
         ar_queue_close(q);
         ar_queue_unref(q);
         ar_queue_unref(q);
@@ -211,15 +289,22 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
         goto fail;
     }
     e->key = key;
+    e->path = path_copy;
     e->id = g_next_id++;
     e->dl = dl;
-    e->flags = flags;
+    e->flags = flags & 3;
+    e->max_queue = max_queue;
     e->q = q;
     e->registered = 1;
     e->next = g_entries;
     g_entries = e;
     q->registry_entry = e;
     ar_queue_ref(q);                        /* the caller's reference */
+    {
+        char line[PATH_MAX + 700];
+        snprintf(line, sizeof line, "runtime '%.600s' loaded from %s", key, path);
+        ar_log(1, line);
+    }
     pthread_mutex_unlock(&g_lock);
     return q;
 
@@ -228,6 +313,19 @@ fail:
     free(key);
     if (dl && (flags & AR_LOAD_UNPIN)) dlclose(dl);
     return NULL;
+}
+
+int ar_runtime_path(ar_queue *q, char *out, size_t outlen)
+{
+    int rc = AR_ECLOSED;
+    if (!q || !out || !outlen) return AR_EINVAL;
+    pthread_mutex_lock(&g_lock);
+    entry *e = q->registry_entry;
+    if (e && e->registered && e->path) {
+        rc = (size_t)snprintf(out, outlen, "%s", e->path) < outlen ? AR_OK : AR_EINVAL;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return rc;
 }
 
 /* Remove e from the list; g_lock held.  Returns 1 if it was registered. */
@@ -281,6 +379,7 @@ void ar_registry_queue_freed(ar_queue *q)
     pthread_mutex_unlock(&g_lock);
     if (e->flags & AR_LOAD_UNPIN) dlclose(e->dl);
     free(e->key);
+    free(e->path);
     free(e);
 }
 

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -401,6 +402,24 @@ void ar_task_abort(ar_task *t)
     if (wake) wake_fd(q);
 }
 
+void ar_limits(ar_limits_t *out)
+{
+    *out = (ar_limits_t){AR_METHOD_MAX, AR_ANSWER_MAX, AR_RC_TOO_LARGE, AR_DEFAULT_MAX_QUEUE};
+}
+
+/* The text that replaces an answer over AR_ANSWER_MAX (malloc'ed, or NULL). */
+static char *too_large(const ar_task *t, size_t len)
+{
+    size_t mlen = 0;
+    const char *m = ar_task_method(t, &mlen);
+    size_t cap = mlen + 160;
+    char *out = malloc(cap);
+    if (out)
+        snprintf(out, cap, "aioresty: the answer to '%.*s' is %zu bytes, over the limit of %d",
+                 (int)mlen, m, len, AR_ANSWER_MAX);
+    return out;
+}
+
 void ngx_http_lua_ffi_respond(void *task, int rc, char *rsp, int rsp_len)
 {
     ar_task *t = task;
@@ -420,10 +439,16 @@ void ngx_http_lua_ffi_respond(void *task, int rc, char *rsp, int rsp_len)
         t->where = W_ANSWERED;
         pthread_mutex_unlock(&q->mu);
     }
+    size_t len = !rsp ? 0 : rsp_len <= 0 ? strlen(rsp) : (size_t)rsp_len;
+    if (len > AR_ANSWER_MAX) {              /* the one answer-size rule (aioresty_core.h) */
+        free(rsp);
+        rc = AR_RC_TOO_LARGE;
+        rsp = too_large(t, len);
+        len = rsp ? strlen(rsp) : 0;
+    }
     t->rc = rc;
     t->rsp = rsp;
-    if (rsp && rsp_len <= 0) t->rsp_len = strlen(rsp);
-    else t->rsp_len = rsp ? (size_t)rsp_len : 0;
+    t->rsp_len = len;
     atomic_store_explicit(&t->done, 1, memory_order_release);
     /* after ar_hosts_gone no host code runs: the answer is stored, the
      * host's reference is never released (the process is exiting) */

@@ -38,7 +38,7 @@
  * have.  A request that reaches the bridge cluster from outside (a route
  * with cluster_header, a forged Host) gets 400 (malformed), 403 (no secret)
  * or 404 (no such runtime) and a rate-limited log line; nothing is parsed
- * as a pointer.  Method names: 0-127 bytes ("" is lua-resty-ffi's rt(req)),
+ * as a pointer.  Method names: 0..AR_METHOD_MAX bytes ("" is lua-resty-ffi's rt(req)),
  * no NUL.
  *
  * Threads and ownership:
@@ -81,7 +81,7 @@ typedef struct bridge_filter {
     ar_link *link;              /* the filter's reference; created at the post */
     ar_task *task;              /* host reference; worker thread only */
     ar_queue *q;                /* borrowed from the Lua caller for the call's duration */
-    char method[128];
+    char method[AR_METHOD_MAX + 1];
     size_t method_len;
     int posted;                 /* the task reached the queue; worker only */
 } bridge_filter;

@@ -31,8 +31,16 @@ static const ar_mode *mode_of(const void *p)
     return ((const ar_mode_base *)p)->mode;
 }
 
+/* The core's log lines (aioresty_core.h ar_log) go to Envoy's log. */
+static void core_log(int level, const char *line)
+{
+    static const int to_envoy[] = {ENV_LOG_DEBUG, ENV_LOG_INFO, ENV_LOG_WARN, ENV_LOG_ERROR};
+    ar_envoy_log(to_envoy[level < 0 ? 0 : level > 3 ? 3 : level], "aioresty: %s", line);
+}
+
 EXPORT const char *envoy_dynamic_module_on_program_init(void)
 {
+    ar_set_logger(core_log);
     return AR_ENVOY_ABI_VERSION;
 }
 
