@@ -269,18 +269,17 @@ def environment(
     """The environment Envoy must run with (module search path, Lua path, ...).
 
     lib_dir (default $AIORESTY_LIB_DIR, else the package's) holds
-    libaioresty_envoy.so, libaioresty_core.so and the runtimes;
-    the Lua filter's LuaJIT reads LUA_PATH; core.lua reads AIORESTY_LIB_DIR;
-    the core resolves runtime names through AIORESTY_LIB_PATH.
+    libaioresty_envoy.so, libaioresty_core.so and the runtimes aioresty
+    bundles; the Lua filter's LuaJIT reads LUA_PATH; core.lua reads
+    AIORESTY_LIB_DIR.  $AIORESTY_LIB_PATH is left as the user set it: the core
+    looks a runtime name up there, then through the dynamic linker, and only
+    then next to itself (the bundled runtimes), so a user's copy always wins.
     """
     env = dict(os.environ if base is None else base)
     lib = str(Path(lib_dir or os.environ.get("AIORESTY_LIB_DIR") or paths.lib_dir()))
     lua = str(Path(lua_dir) if lua_dir else paths.lua_dir())
     env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = lib
     env["AIORESTY_LIB_DIR"] = lib
-    env["AIORESTY_LIB_PATH"] = lib + (
-        ":" + env["AIORESTY_LIB_PATH"] if env.get("AIORESTY_LIB_PATH") else ""
-    )
     env["LUA_PATH"] = f"{lua}/?.lua;{lua}/?/init.lua;" + env.get("LUA_PATH", ";")
     if python_path:
         old = env.get("PYTHONPATH")

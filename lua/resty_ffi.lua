@@ -16,6 +16,11 @@
 -- (resty_ffi.DEFAULT_TIMEOUT_MS = 60000 ms; resty_ffi.set_default_timeout(ms)).
 -- A call that times out returns false, "timeout" and aborts its task.
 --
+-- Limits (aioresty_core.h, the same on every host): method names 0..METHOD_MAX
+-- bytes without NUL, answers up to ANSWER_MAX bytes (a longer one is
+-- false, 5, why).  A load of a key this VM already has, asking for other
+-- options, returns the loaded runtime and logs one warning naming both.
+--
 -- ngx.load_ffi is the one global this module writes (it creates `ngx` when the
 -- host has none, as on Envoy).  Runtimes are cached per Lua VM under
 -- lib .. "&" .. cfg, and shared process-wide by the native registry.

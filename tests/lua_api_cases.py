@@ -106,7 +106,7 @@ def test_client_aborts_cancel_handlers(app):
 
 def _sem(app):
     def call(method, body):
-        status, h, data = post(app, method, body, q="cfg=tests.apps.asyncapp")
+        status, h, data = post(app, method, body, q="cfg=tests.apps.asyncapp", timeout=60)
         return status, h.get("x-rc"), data
 
     return call
@@ -114,6 +114,10 @@ def _sem(app):
 
 def test_broken_answers_lose_nothing(app):
     semantics_cases.broken_answers_lose_nothing(_sem(app))
+
+
+def test_answers_up_to_the_limit(app):
+    semantics_cases.answers_up_to_the_limit(_sem(app))
 
 
 def test_each_call_is_its_own_task(app):

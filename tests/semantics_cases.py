@@ -41,6 +41,21 @@ def broken_answers_lose_nothing(call: Call) -> None:
             assert status == 502 and rc == want_rc and part in answer, (method, rc, answer)
 
 
+ANSWER_MAX = 32 * 1024 * 1024  # aioresty_core.h AR_ANSWER_MAX (checked in tests/test_core.py)
+
+
+def answers_up_to_the_limit(call: Call) -> None:
+    """32 MiB answers pass in every host and mode; one byte more is rc 5 with a
+    message naming the method and the size, and the runtime serves on."""
+    status, _, answer = call("sized", str(ANSWER_MAX).encode())
+    assert status == 200 and len(answer) == ANSWER_MAX and answer[:1] == b"a", status
+    del answer
+    status, rc, answer = call("sized", str(ANSWER_MAX + 1).encode())
+    want = f"the answer to 'sized' is {ANSWER_MAX + 1} bytes, over the limit of {ANSWER_MAX}"
+    assert (status, rc) == (502, "5") and want.encode() in answer, (status, rc, answer[:300])
+    assert call("timeout_first", b"after")[::2] == (200, b"after")
+
+
 def each_call_is_its_own_task(call: Call) -> None:
     answers = _many(call, [("task_name", b"")] * 20)
     assert all(s == 200 for s, _, _ in answers), answers

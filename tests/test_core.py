@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -11,7 +12,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.hostlib import Host, crc, parse_answer
+from aioresty.app import RC_BAD_RESULT
+from tests import semantics_cases
+from tests.hostlib import CORE, Host, crc, parse_answer
+from tests.netutil import wait_until
 
 APP = "tests.apps.echoapp"
 
@@ -33,6 +37,28 @@ def test_c_runtime_rc_is_passed_through(host: Host) -> None:
     host.ok("load c ffi_c_echo rc=7")
     a = host.call("c", "x", "text:why")
     assert (a.rc, a.data) == (7, b"why")
+
+
+def test_limits_are_one_table_read_by_every_side() -> None:
+    """aioresty_core.h's limits, as C, Lua (resty_ffi reads ar_limits) and the
+    Python cases see them: one source, checked rather than commented."""
+    core = ctypes.CDLL(str(CORE))
+    lim = (ctypes.c_int * 4)()
+    core.ar_limits(lim)
+    assert list(lim) == [127, semantics_cases.ANSWER_MAX, RC_BAD_RESULT, 65536]
+
+
+def test_answers_over_the_limit_are_an_error_for_any_runtime(host: Host) -> None:
+    """The core enforces the answer limit, so a lua-resty-ffi runtime in C gets the
+    same rule as aioresty's Python runtime (tests/semantics_cases.py)."""
+    limit = semantics_cases.ANSWER_MAX
+    host.ok("load c ffi_c_echo -")
+    a = host.call("c", "big", f"rep:61:{limit}", 30000)
+    assert (a.rc, a.length, a.crc) == (0, limit, crc(b"a" * limit))
+    a = host.call("c", "big", f"rep:61:{limit + 1}", 30000)
+    want = f"aioresty: the answer to 'big' is {limit + 1} bytes, over the limit of {limit}"
+    assert (a.rc, a.text) == (5, want)
+    assert host.call("c", "x", "text:after").data == b"after"
 
 
 def test_python_echo(py: Host) -> None:
@@ -209,6 +235,22 @@ def test_registry_shares_one_runtime_per_key(host: Host) -> None:
     time.sleep(0.2)
     assert host.stderr.count(f"runtime '{APP}' serving") == 1
     assert host.stderr.count(f"runtime '{APP}:app' serving") == 1
+
+
+def test_a_second_load_with_other_options_warns_once(host: Host) -> None:
+    """Two hosts (Lua VMs) of one process load one key with other options: the
+    registry keeps the first and says so once (the per-VM check is in Lua)."""
+    host.ok("load a ffi_c_echo opt 5")
+    host.ok("load b ffi_c_echo opt 0 4")  # no max_queue preference, flags given: the same
+    host.ok("load c ffi_c_echo opt 7")
+    host.ok("load d ffi_c_echo opt 9 5")
+    warning = (
+        "[aioresty] [warning] runtime 'ffi_c_echo&opt' is already loaded with max_queue=5 "
+        "is_global=0 unpin=0; a load asking for max_queue=7 is_global=0 unpin=0 gets it as it is"
+    )
+    wait_until(lambda: warning in host.stderr, 5, "the option warning")
+    assert host.stderr.count("already loaded") == 1, host.stderr
+    assert "runtime 'ffi_c_echo&opt' loaded from " in host.stderr
 
 
 def test_legacy_runtime(host: Host) -> None:

@@ -14,6 +14,7 @@ import pytest
 import aioresty
 from aioresty import runtime
 from aioresty.testing import AppClient
+from tests import semantics_cases
 from tests.apps import asyncapp
 
 
@@ -35,6 +36,16 @@ async def test_asyncio_timeout_taskgroup_wait_for_shield_on_the_first_step(
     assert (await client.call("timeout_first", b"t")).body == b"t"
     assert (await client.call("taskgroup")).text == "ab"
     assert (await client.call("wait_for_shield")).text == "s timeout"
+
+
+async def test_answers_up_to_the_limit(client: AppClient) -> None:
+    """The test client's host is the core too: the same 32 MiB rule as every proxy."""
+    limit = semantics_cases.ANSWER_MAX
+    ok = await client.call("sized", str(limit).encode())
+    assert ok.rc == 0 and ok.body is not None and len(ok.body) == limit
+    bad = await client.call("sized", str(limit + 1).encode())
+    assert bad.rc == aioresty.RC_BAD_RESULT
+    assert f"the answer to 'sized' is {limit + 1} bytes, over the limit of {limit}" in bad.text
 
 
 async def test_contextvars_never_leak_between_calls(client: AppClient) -> None:

@@ -143,3 +143,10 @@ async def block_loop(req: bytes) -> str:
 @app.handler
 async def pid(req: bytes) -> str:
     return str(os.getpid())
+
+
+@app.handler
+async def sized(req: bytes) -> bytes:
+    """An answer of int(req) bytes (the answer-size limit, aioresty_core.h)."""
+    await asyncio.sleep(0)
+    return b"a" * int(req)

@@ -96,9 +96,3 @@ async def fetch(req: bytes) -> bytes:
 @app.handler
 async def stats(req: bytes) -> str:
     return f"{started['slow']} {started['cancelled']}"
-
-
-@app.handler
-async def sized(req: bytes) -> bytes:
-    """An answer of int(req) bytes (the answer-size limit cases)."""
-    return b"a" * int(req)

@@ -56,6 +56,8 @@ async def auth(req: FilterRequest) -> Response | None:
         raise Unprintable()
     if path.startswith("/hygiene/"):
         _hygiene(req, path.rsplit("/", 1)[1])
+    if path.startswith("/status/"):
+        return Response(int(path.rsplit("/", 1)[1]))
     if "/surrogate" in path:
         return Response(403, "no \udcff way")  # a body str that is not UTF-8
     if req.headers.get("authorization") != "Bearer ok":

@@ -144,6 +144,26 @@ def test_output_hygiene_applies_the_fail_policy(
     assert message in envoy.log()
 
 
+@pytest.mark.parametrize("code", [204, 304, 200, 404])
+def test_local_replies_without_content_on_204_and_304(envoy: FilterEnvoy, code: int) -> None:
+    """RFC 9110 8.6: no content-length (and no body) on 204, nor on 304."""
+    s = socket.create_connection(("127.0.0.1", envoy.port), timeout=5)
+    try:
+        s.sendall(f"GET /status/{code} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        s.settimeout(5)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+    finally:
+        s.close()
+    lines = head.split(b"\r\n\r\n", 1)[0].decode().lower().split("\r\n")
+    assert lines[0].startswith(f"http/1.1 {code} ")
+    has_length = any(line.startswith("content-length:") for line in lines[1:])
+    assert has_length == (code not in (204, 304)), lines
+
+
 def test_timeout_fail_closed_and_open(envoy: FilterEnvoy) -> None:
     t0 = time.monotonic()
     status, h, _ = req(envoy, "GET", "/t/sleep/3")  # timeout=0.3 on /t/

@@ -10,6 +10,7 @@ from tests.envoy_luamod.conftest import HANDLE_API, direct_user, luamod_filter
 from tests.lua_api_cases import (  # noqa: F401 (collected here: the cases run in this mode)
     _many,
     post,
+    test_answers_up_to_the_limit,
     test_background_base_exceptions_keep_serving,
     test_binary_with_nuls_and_one_mebibyte,
     test_broken_answers_lose_nothing,

@@ -91,6 +91,9 @@ def test_resty_ffi_demo_c_runtime(nginx):
     assert status == 200, body
     first, second = body.decode().splitlines()
     assert first == "true hello"
+    # the error log names the file each runtime was loaded from (docs/core.md)
+    loaded = f"runtime 'ffi_c_echo' loaded from {(lib_dir() / 'libffi_c_echo.so').resolve()}"
+    wait_until(lambda: loaded in nginx.log(), 5, "the 'loaded from' line")
     ok2, _, err2 = second.partition(" ")
     assert ok2 == "false" and err2 and err2 != "nil", second
     # loads afresh after the unload

@@ -24,7 +24,7 @@ def _started(nginx):
     nginx.start()
 
     def call(method, body):
-        status, h, data = nginx.request(f"/sem?m={method}", body, timeout=30)
+        status, h, data = nginx.request(f"/sem?m={method}", body, timeout=60)
         return status, h.get("x-rc"), data
 
     def log():
@@ -37,6 +37,11 @@ def test_broken_answers_lose_nothing_and_quit_is_prompt(nginx):
     call, _ = _started(nginx)
     semantics_cases.broken_answers_lose_nothing(call)
     assert nginx.stop(timeout=10) == 0
+
+
+def test_answers_up_to_the_limit(nginx):
+    call, _ = _started(nginx)
+    semantics_cases.answers_up_to_the_limit(call)
 
 
 def test_each_call_is_its_own_task_and_contextvars_do_not_leak(nginx):
