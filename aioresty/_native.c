@@ -242,6 +242,35 @@ static PyObject *nat_set_error(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
+/* log(level, line): one line into the proxy's log (core ar_log; 0 debug,
+ * 1 info, 2 warning, 3 error).  The GIL is released: the host's logger may
+ * take its own locks. */
+static PyObject *nat_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "log(level, line)");
+        return NULL;
+    }
+    int level = (int)PyLong_AsLong(args[0]);
+    if (level == -1 && PyErr_Occurred()) return NULL;
+    const char *line = PyUnicode_AsUTF8(args[1]);
+    if (!line) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ar_log(level, line);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* log_enabled(level) -> whether the proxy keeps lines of that level. */
+static PyObject *nat_log_enabled(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    int level = (int)PyLong_AsLong(arg);
+    if (level == -1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(ar_log_enabled(level));
+}
+
 /* ------------------------------------------------------------ local host
  * An in-process host for aioresty.testing: posts tasks to a queue the way
  * the proxies do and collects the answers on the caller's loop.
@@ -432,6 +461,9 @@ static PyMethodDef methods[] = {
     {"queue_new", nat_queue_new, METH_NOARGS, "queue_new() -> a queue outside the registry"},
     {"set_error", (PyCFunction)(void (*)(void))nat_set_error, METH_FASTCALL,
      "set_error(tq, msg) -> say why libffi_init fails"},
+    {"log", (PyCFunction)(void (*)(void))nat_log, METH_FASTCALL,
+     "log(level, line) -> one line into the proxy's log"},
+    {"log_enabled", nat_log_enabled, METH_O, "log_enabled(level) -> the proxy keeps it"},
     {"host_new", nat_host_new, METH_NOARGS, "host_new() -> (host, fd): an in-process host"},
     {"host_post", (PyCFunction)(void (*)(void))nat_host_post, METH_FASTCALL,
      "host_post(host, tq, method, payload) -> task"},

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import logging
 import traceback
 import types
 from collections.abc import Awaitable, Callable, Coroutine
@@ -154,6 +155,17 @@ def error_answer(handler: str, exc: BaseException) -> tuple[int, str]:
     return RC_ERROR, f"aioresty: handler '{handler}' raised {type(exc).__name__}: {describe(exc)}"
 
 
+def _check_level(level: int | str | None) -> int | None:
+    """A logging level (10, "warning", "WARNING") or None; a clear error otherwise."""
+    if level is None or (isinstance(level, int) and not isinstance(level, bool) and level >= 0):
+        return level
+    if isinstance(level, str):
+        named = logging.getLevelNamesMapping().get(level.upper())
+        if named is not None:
+            return named
+    raise ValueError(f"failure_log_level must be a logging level or None, got {level!r}")
+
+
 class App:
     """A set of ``async def`` handlers served by one aioresty runtime.
 
@@ -162,6 +174,12 @@ class App:
     in-flight calls get to finish when the runtime is unloaded (then they are
     cancelled), and again the shutdown hooks.  ``startup_timeout``: seconds the
     startup hooks may take before the load fails.
+
+    ``failure_log_level``: the logging level of the one line each failed call
+    gets in the proxy's log (method, rc, duration, message; the traceback when
+    a handler raised; at most 10 lines a second, then a count); ``None``: no
+    such lines.  ``blocking_warning``: seconds a handler (or any code on the
+    loop) may hold the event loop before a warning names it; ``None``: off.
     """
 
     def __init__(
@@ -170,10 +188,18 @@ class App:
         timeout: float = DEFAULT_TIMEOUT,
         unload_grace: float = 5.0,
         startup_timeout: float = 30.0,
+        failure_log_level: int | str | None = logging.WARNING,
+        blocking_warning: float | None = 0.1,
     ) -> None:
         self.timeout = _check_timeout(timeout, "App timeout")
         self.unload_grace = unload_grace
         self.startup_timeout = _check_timeout(startup_timeout, "App startup_timeout")
+        self.failure_log_level = _check_level(failure_log_level)
+        self.blocking_warning = (
+            None
+            if blocking_warning is None
+            else _check_timeout(blocking_warning, "blocking_warning")
+        )
         #: the JSON object after the app spec in the cfg string ({} without one)
         self.config: dict[str, Any] = {}
         #: a namespace for what startup hooks create (clients, pools)

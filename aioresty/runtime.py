@@ -24,10 +24,11 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any
 
-from . import _native, filters
+from . import _native, filters, watchdog
 from .app import (
     RC_BAD_RESULT,
     RC_CANCELLED,
@@ -47,6 +48,8 @@ _EAGER = sys.version_info >= (3, 12)
 _Task = asyncio.Task
 _respond = _native.respond
 _FINALLY_GRACE = 1.0  # seconds cancelled calls get to unwind at unload
+_FAILED_PER_SECOND = 10  # failed-call lines per runtime and second (then a count)
+_GONE = b"aioresty: the caller went away"
 
 _HOST_SIGNALS = {
     signal.SIGINT,
@@ -86,22 +89,26 @@ def _send(ptr: int, rc: int, data: bytes | None, name: str) -> None:
 class _Call:
     """One drained task: its Task, its timer, and whether it was answered."""
 
-    __slots__ = ("answered", "handler", "ptr", "task", "tid", "timer")
+    __slots__ = ("answered", "handler", "ptr", "rt", "t0", "task", "tid", "timer")
 
-    def __init__(self, ptr: int, tid: int, handler: Handler) -> None:
+    def __init__(self, ptr: int, tid: int, handler: Handler, rt: Runtime, t0: float) -> None:
         self.ptr = ptr
         self.tid = tid
         self.handler = handler
+        self.rt = rt
+        self.t0 = t0  # when its batch was drained (time.monotonic)
         self.answered = False
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
 
-    def reply(self, rc: int, data: bytes | None) -> None:
+    def reply(self, rc: int, data: bytes | None, exc: BaseException | None = None) -> None:
         """The one place a call is answered: a second answer is dropped."""
         if self.answered:
             return
         self.answered = True
         _send(self.ptr, rc, data, self.handler.name)
+        if rc:
+            self.rt.failed(self.handler.name, rc, data, self.t0, exc)
 
     def reply_result(self, result: Any) -> None:
         try:
@@ -116,7 +123,7 @@ class _Call:
         self.reply(0, b"" if out is None else out)  # None answers "" (not nil)
 
     def reply_error(self, exc: BaseException) -> None:
-        self.reply(*_error(self.handler.name, exc))
+        self.reply(*_error(self.handler.name, exc), exc)
 
     def cancel(self, rc: int, msg: str) -> None:
         """Answer now, then cancel the handler at its current await."""
@@ -126,10 +133,8 @@ class _Call:
 
 
 def _error(name: str, exc: BaseException) -> tuple[int, bytes]:
-    """(rc, message) for an exception escaping a handler; logs handler bugs."""
+    """(rc, message) for an exception escaping a handler (Runtime.failed logs it)."""
     rc, msg = error_answer(name, exc)
-    if rc == RC_ERROR:
-        log.error("%s", msg, exc_info=(type(exc), exc, exc.__traceback__))
     return rc, safe_text(msg)
 
 
@@ -149,6 +154,13 @@ class Runtime:
         self._released = False  # drain returned -1: the runtime side's queue ref is gone
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        # failed-call lines: at most _FAILED_PER_SECOND a second, then a count
+        self._fail_window = 0.0
+        self._fail_lines = 0
+        self._fail_skipped = 0
+        self.beat = 0.0  # time.monotonic() of the loop's last heartbeat (watchdog.py)
+        self.blocked_by: str | None = None  # set by the watchdog during an episode
+        self._starting: _Call | None = None  # the call whose Task is being created
 
     # ------------------------------------------------------------------ thread
     def start(self) -> None:
@@ -186,6 +198,8 @@ class Runtime:
             return
         self._ready.set()
         why = "stopped"
+        loop.call_soon(self._beat)
+        watchdog.watch(self)
         try:
             self._serve_forever(loop)
         except BaseException as exc:  # only our own code can get here
@@ -229,6 +243,7 @@ class Runtime:
                     break
                 for ptr, _tid, method, _payload, _aborted in batch[0]:
                     _send(ptr, RC_CANCELLED, msg, method)
+                    self.failed(method, RC_CANCELLED, msg, time.monotonic())
             self._released = True
             if why != "stopped":
                 log.critical("runtime '%s' %s: its queue is closed", self.name, why)
@@ -239,6 +254,7 @@ class Runtime:
             loop.run_until_complete(self._shutdown())
         except BaseException:
             log.exception("runtime '%s': shutdown hooks failed", self.name)
+        watchdog.unwatch(self)
         self._close_loop(loop)
         _forget(self)
         _native.queue_unref(self.tq)
@@ -282,6 +298,70 @@ class Runtime:
             return not self.thread.is_alive()
         return True
 
+    def failed(
+        self, method: str, rc: int, msg: bytes | None, t0: float, exc: BaseException | None = None
+    ) -> None:
+        """The one line a failed call gets in the proxy's log (rate-limited)."""
+        level = self.app.failure_log_level
+        if level is None or not log.isEnabledFor(level):
+            return
+        now = time.monotonic()
+        if now - self._fail_window >= 1.0:
+            if self._fail_skipped:
+                log.log(
+                    level,
+                    "runtime '%s': %d more failed call(s) not logged in the last second",
+                    self.name,
+                    self._fail_skipped,
+                )
+            self._fail_window, self._fail_lines, self._fail_skipped = now, 0, 0
+        if self._fail_lines >= _FAILED_PER_SECOND:
+            self._fail_skipped += 1
+            return
+        self._fail_lines += 1
+        text = "(no message)" if msg is None else msg.decode("utf-8", "replace")
+        info = None
+        if rc == RC_ERROR and exc is not None:
+            info = (type(exc), exc, exc.__traceback__)
+        log.log(
+            level,
+            "call '%s' failed: rc=%d after %.3fs: %s",
+            method,
+            rc,
+            max(0.0, now - t0),
+            text,
+            exc_info=info,
+        )
+
+    def _beat(self) -> None:
+        """The loop's heartbeat (watchdog.py); ends a blocked episode."""
+        now = time.monotonic()
+        if self.blocked_by is not None:
+            log.warning(
+                "runtime '%s': the event loop runs again, %s held it for %.2fs",
+                self.name,
+                self.blocked_by,
+                now - self.beat - watchdog.PERIOD,
+            )
+            self.blocked_by = None
+        self.beat = now
+        assert self.loop is not None
+        if not self._stopping:
+            self.loop.call_later(watchdog.PERIOD, self._beat)
+
+    def running(self) -> str:
+        """What runs on the loop now (any thread may ask): for the watchdog."""
+        starting, loop = self._starting, self.loop
+        if starting is not None and _EAGER:  # its first step runs inside _on_wake
+            return f"handler '{starting.handler.name}'"
+        task = asyncio.current_task(loop) if loop is not None else None
+        if task is None:
+            return "a callback outside any task"
+        for call in list(self._inflight.values()):
+            if call.task is task:
+                return f"handler '{call.handler.name}'"
+        return f"the task {task.get_name()!r}"
+
     # ------------------------------------------------------------------ intake
     def _on_wake(self) -> None:
         batch = _native.drain(self.tq)
@@ -290,12 +370,14 @@ class Runtime:
             self._begin_unload()
             return
         tasks, aborted = batch
+        t0 = time.monotonic()
         handlers = self.app._handlers
         loop, ctx, inflight, serve = self.loop, self._ctx, self._inflight, self._serve
         started: list[_Call] = []
         for ptr, tid, method, payload, was_aborted in tasks:
             if was_aborted:
-                _send(ptr, RC_CANCELLED, b"aioresty: the caller went away", method)
+                _send(ptr, RC_CANCELLED, _GONE, method)
+                self.failed(method, RC_CANCELLED, _GONE, t0)
                 continue
             handler = handlers.get(method)
             try:
@@ -306,10 +388,13 @@ class Runtime:
                 else:
                     coro = handler.fn(handler.decode(payload))
             except BaseException as exc:
-                _send(ptr, *_error(method, exc), method)
+                rc, msg = _error(method, exc)
+                _send(ptr, rc, msg, method)
+                self.failed(method, rc, msg, t0, exc)
                 continue
-            call = _Call(ptr, tid, handler)
+            call = _Call(ptr, tid, handler, self, t0)
             inflight[tid] = call
+            self._starting = call
             try:
                 if _EAGER:  # the first step runs here, inside the new Task
                     call.task = _Task(  # type: ignore[call-arg]
@@ -323,6 +408,7 @@ class Runtime:
                 call.reply_error(exc)
             if not call.answered:
                 started.append(call)
+        self._starting = None
         if started:
             assert loop is not None
             if _EAGER:
@@ -332,7 +418,7 @@ class Runtime:
         for tid in aborted:
             gone = inflight.get(tid)
             if gone is not None:
-                gone.cancel(RC_CANCELLED, "aioresty: the caller went away")
+                gone.cancel(RC_CANCELLED, _GONE.decode())
 
     def _special(self, method: str, payload: bytes) -> tuple[Handler, Coroutine[Any, Any, Any]]:
         if method.startswith("__filter_"):  # Envoy filter hooks (filters.py)
@@ -350,7 +436,6 @@ class Runtime:
 
     def _expire(self, call: _Call) -> None:
         name, timeout = call.handler.name, call.handler.timeout
-        log.warning("handler '%s' timed out after %ss: cancelled", name, timeout)
         call.cancel(RC_TIMEOUT, f"aioresty: handler '{name}' timed out after {timeout}s")
 
     async def _serve(self, call: _Call, coro: Coroutine[Any, Any, Any]) -> None:
@@ -366,8 +451,9 @@ class Runtime:
                 call.answered = True  # the common answer, without reply_result's frames
                 try:
                     _respond(call.ptr, 0, result)
-                except BaseException:
+                except BaseException as exc:
                     _send(call.ptr, RC_BAD_RESULT, None, call.handler.name)
+                    self.failed(call.handler.name, RC_BAD_RESULT, None, call.t0, exc)
             else:
                 call.reply_result(result)
         finally:

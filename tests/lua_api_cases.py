@@ -132,6 +132,10 @@ def test_background_base_exceptions_keep_serving(app):
     semantics_cases.background_base_exceptions_keep_serving(_sem(app), app.log)
 
 
+def test_failed_calls_and_blocking_are_logged(app):
+    semantics_cases.failed_calls_and_blocking_are_logged(_sem(app), app.log)
+
+
 def test_runtime_object_is_lua_resty_ffis(app):
     """key/finished/handle/tq fields, other names are methods, rt(req), table req
     refused, resty_ffi.call refuses reserved names, bounded per-name cache."""

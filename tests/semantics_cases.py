@@ -80,3 +80,19 @@ def background_base_exceptions_keep_serving(call: Call, log: Callable[[], str]) 
         wait_until(lambda n=name: f"{n} escaped the event loop" in log(), 5, f"{name} logged")
         jobs = [("timeout_first", f"after-{i}".encode()) for i in range(10)]
         assert [(s, b) for s, _, b in _many(call, jobs)] == [(200, b) for _, b in jobs]
+
+
+def failed_calls_and_blocking_are_logged(call: Call, log: Callable[[], str]) -> None:
+    """One line per failed call (method, rc, duration, message) and a warning
+    naming the handler that holds the event loop, in the proxy's own log."""
+    from tests.netutil import wait_until
+
+    assert call("no_such_handler", b"")[:2] == (502, "2")
+    line = "call 'no_such_handler' failed: rc=2 after "
+    wait_until(lambda: line in log(), 5, "the failed-call line")
+    assert "aioresty: no handler for method 'no_such_handler'" in log()
+    assert call("block_loop", b"0.4")[::2] == (200, b"unblocked")
+    held = "runtime 'tests.apps.asyncapp': handler 'block_loop' has held the event loop for"
+    again = "runtime 'tests.apps.asyncapp': the event loop runs again, handler 'block_loop' held it"
+    wait_until(lambda: held in log() and again in log(), 5, "the blocking warnings")
+    assert call("timeout_first", b"ok")[::2] == (200, b"ok")

@@ -113,10 +113,17 @@ def test_exceptions_answer_rc_and_runtime_keeps_serving(py: Host) -> None:
     d = py.call("p", "wrong_type", "empty")
     assert d.rc == 5 and "returned int" in d.text
     assert py.call("p", "echo", "text:still-alive").data == b"still-alive"
-    # Python logging reaches the host's stderr with the prefix, traceback included
-    time.sleep(0.2)
-    assert "[aioresty] ERROR aioresty.runtime" in py.stderr
+    # one line per failed call in the host's log (the core's stderr default here):
+    # method, rc, duration, message, and the traceback when the handler raised
+    line = (
+        "[aioresty] [warning] aioresty.runtime [aioresty:tests.apps.echoapp]: "
+        "call 'fail' failed: rc=1 after "
+    )
+    wait_until(lambda: "refuse' failed: rc=42" in py.stderr, 5, "the failed-call lines")
+    assert line in py.stderr, py.stderr
+    assert "Traceback (most recent call last)" in py.stderr
     assert "ValueError: bad input 'boom'" in py.stderr
+    assert py.stderr.count("failed: rc=") == 4
 
 
 def test_timeouts(py: Host) -> None:

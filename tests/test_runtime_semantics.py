@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +47,21 @@ async def test_answers_up_to_the_limit(client: AppClient) -> None:
     bad = await client.call("sized", str(limit + 1).encode())
     assert bad.rc == aioresty.RC_BAD_RESULT
     assert f"the answer to 'sized' is {limit + 1} bytes, over the limit of {limit}" in bad.text
+
+
+async def test_failed_calls_and_blocking_are_logged(
+    client: AppClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The test client logs as the proxies do (one line per failed call, the
+    watchdog's warnings), through Python logging."""
+    caplog.set_level(logging.WARNING, logger="aioresty")
+    assert (await client.call("no_such_handler", b"")).rc == 2
+    assert (await client.call("block_loop", b"0.3")).text == "unblocked"
+    await asyncio.sleep(0.2)
+    text = caplog.text
+    assert "call 'no_such_handler' failed: rc=2 after " in text
+    assert "handler 'block_loop' has held the event loop for" in text
+    assert "the event loop runs again, handler 'block_loop' held it for" in text
 
 
 async def test_contextvars_never_leak_between_calls(client: AppClient) -> None:

@@ -67,6 +67,7 @@ int arn_kick(void);
 void arn_disconnect(void);
 long arn_outstanding(void);
 int arn_stats(char *buf, size_t len);
+void arn_set_log_level(int ngx_level);
 ]]
 
 local _M = { _VERSION = "0.1" }
@@ -169,7 +170,33 @@ local function check_process()
     return true
 end
 _M.check_process = check_process
-_M.can_load = check_process     -- the name resty_ffi.load_ffi looks for
+
+-- Before the first runtime loads: the core's log lines (Python logging
+-- included) go to this worker's error_log with its filter level.
+local log_routed = false
+local function route_log()
+    if log_routed then
+        return true
+    end
+    local lib, err = load_lib()
+    if not lib then
+        return nil, err
+    end
+    local ok, errlog = pcall(require, "ngx.errlog")
+    local level = ok and errlog.get_sys_filter_level() or ngx.NOTICE
+    lib.arn_set_log_level(level)
+    log_routed = true
+    return true
+end
+
+-- the name resty_ffi.load_ffi looks for
+function _M.can_load()
+    local ok, err = check_process()
+    if not ok then
+        return nil, err
+    end
+    return route_log()
+end
 
 local function kick_if_idle_exit()
     if n_waiters == 0 and NL and worker_exiting() then

@@ -214,8 +214,11 @@ AR_API void ar_limits(ar_limits_t *out);
  * put in their log; hosts may route it elsewhere with ar_set_logger).
  * Levels: 0 debug, 1 info, 2 warning, 3 error. */
 typedef void (*ar_logger_fn)(int level, const char *line);
+typedef int (*ar_log_enabled_fn)(int level);
 AR_API void ar_log(int level, const char *line);
+AR_API int ar_log_enabled(int level);               /* 1: the host keeps this level */
 AR_API void ar_set_logger(ar_logger_fn fn);
+AR_API void ar_set_log_enabled(ar_log_enabled_fn fn);
 
 /* A queue outside the registry, for in-process hosts that start a runtime
  * on it themselves (aioresty.testing): the caller holds one reference and
@@ -278,8 +281,9 @@ AR_API ar_queue *ar_bridge_resolve(const char *authority, size_t len, int *why);
 
 /* The process is exiting (atexit): the hosts' objects may be gone already
  * (nginx closed its Lua VM, Envoy destroyed its workers), so from now on
- * answers are stored but no completion sink runs.  Runtimes can then be
- * unloaded at exit (their shutdown hooks run) without touching a host.
+ * answers are stored but no completion sink runs, and ar_log writes to
+ * stderr instead of the host's logger.  Runtimes can then be unloaded at
+ * exit (their shutdown hooks run) without touching a host.
  * Irreversible; any thread. */
 AR_API void ar_hosts_gone(void);
 

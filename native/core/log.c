@@ -9,8 +9,16 @@
 #include "aioresty_core.h"
 
 static _Atomic(ar_logger_fn) g_logger;
+static _Atomic(ar_log_enabled_fn) g_enabled;
 
 void ar_set_logger(ar_logger_fn fn) { atomic_store(&g_logger, fn); }
+void ar_set_log_enabled(ar_log_enabled_fn fn) { atomic_store(&g_enabled, fn); }
+
+int ar_log_enabled(int level)
+{
+    ar_log_enabled_fn fn = atomic_load(&g_enabled);
+    return fn ? fn(level) : 1;
+}
 
 void ar_log(int level, const char *line)
 {

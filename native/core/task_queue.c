@@ -147,7 +147,12 @@ ar_queue *ar_queue_create(int max_queue)
     return q;
 }
 
-void ar_hosts_gone(void) { atomic_store(&g_hosts_gone, 1); }
+void ar_hosts_gone(void)
+{
+    atomic_store(&g_hosts_gone, 1);
+    ar_set_logger(NULL);                    /* log lines go to stderr from now on */
+    ar_set_log_enabled(NULL);
+}
 
 ar_queue *ar_queue_new(int max_queue)
 {

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 /* A growable array of completions.  Two of them: `front` is filled by the
@@ -384,4 +385,53 @@ int arn_stats(char *buf, size_t len)
                     (int)getpid(), atomic_load(&W.n_posted), atomic_load(&W.n_completed),
                     atomic_load(&W.n_wakes), atomic_load(&W.n_drains), atomic_load(&W.n_drained),
                     arn_outstanding());
+}
+
+/* ------------------------------------------------------------ logging */
+
+static atomic_int g_ngx_log_level = 6;     /* NGX_LOG_NOTICE until told */
+
+/* the core's 0 debug, 1 info, 2 warning, 3 error, as nginx numbers and names them */
+static const struct {
+    int ngx;
+    const char *name;
+} g_levels[] = {{8, "debug"}, {7, "info"}, {5, "warn"}, {4, "error"}};
+
+static int clamp_level(int level)
+{
+    return level < 0 ? 0 : level > 3 ? 3 : level;
+}
+
+static int ngx_log_enabled(int level)
+{
+    return g_levels[clamp_level(level)].ngx <= atomic_load(&g_ngx_log_level);
+}
+
+static void ngx_log_line(int level, const char *line)
+{
+    if (!ngx_log_enabled(level)) return;
+    char stamp[32], head[96], small[4096];
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(stamp, sizeof stamp, "%Y/%m/%d %H:%M:%S", &tm);
+    int hl = snprintf(head, sizeof head, "%s [%s] %d#%d: [aioresty] ", stamp,
+                      g_levels[clamp_level(level)].name, (int)getpid(), (int)gettid());
+    if (hl < 0) return;
+    size_t ll = strlen(line), n = (size_t)hl + ll + 1;
+    char *buf = n <= sizeof small ? small : malloc(n);
+    if (!buf) return;
+    memcpy(buf, head, (size_t)hl);
+    memcpy(buf + hl, line, ll);
+    buf[n - 1] = '\n';
+    ssize_t w = write(STDERR_FILENO, buf, n);   /* one line, one write: no interleaving */
+    (void)w;
+    if (buf != small) free(buf);
+}
+
+void arn_set_log_level(int ngx_level)
+{
+    atomic_store(&g_ngx_log_level, ngx_level);
+    ar_set_log_enabled(ngx_log_enabled);
+    ar_set_logger(ngx_log_line);
 }

@@ -103,6 +103,14 @@ AR_API long arn_outstanding(void);
 /* Counters: posted, completed, wakes written, drains, drained. */
 AR_API int arn_stats(char *buf, size_t len);
 
+/* The core's log lines (ar_log: aioresty's own and Python logging) go to
+ * nginx's error log the way nginx writes it: "YYYY/MM/DD HH:MM:SS [level]
+ * PID#TID: [aioresty] ..." on stderr, which nginx points at its error_log
+ * file, keeping the levels at or above ngx_level (the error_log's filter,
+ * NGX_LOG_* numbering: 4 error, 5 warn, 6 notice, 7 info, 8 debug).  Any
+ * thread may log afterwards: one write(2) per line. */
+AR_API void arn_set_log_level(int ngx_level);
+
 #ifdef __cplusplus
 }
 #endif

@@ -60,8 +60,10 @@ class Envoy:
         concurrency: int = 1,
         env: dict[str, str] | None = None,
         python_path: list[str] | None = None,
+        log_level: str = "info",
     ):
         self.tmp = tmp
+        self.log_level = log_level
         self.port = free_port()
         self.admin_port = free_port()
         user = dict(user, listen=f"127.0.0.1:{self.port}", admin=f"127.0.0.1:{self.admin_port}")
@@ -89,7 +91,7 @@ class Envoy:
             str(self.concurrency),
             "--disable-hot-restart",
             "-l",
-            "info",
+            self.log_level,
             "--log-format",
             "[%L] %v",
         ]

@@ -20,6 +20,7 @@ from tests.lua_api_cases import (  # noqa: F401 (collected here: the cases run i
     test_contextvars_do_not_leak,
     test_each_call_is_its_own_task,
     test_exception_is_false_with_message,
+    test_failed_calls_and_blocking_are_logged,
     test_handler_timeout,
     test_msgpack_arguments,
     test_per_call_timeout_cancels_handler,

@@ -3,6 +3,7 @@ content_by_lua_block, tests/apps/asyncapp.py behind it."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests import semantics_cases
@@ -37,6 +38,17 @@ def test_broken_answers_lose_nothing_and_quit_is_prompt(nginx):
     call, _ = _started(nginx)
     semantics_cases.broken_answers_lose_nothing(call)
     assert nginx.stop(timeout=10) == 0
+
+
+def test_failed_calls_and_blocking_are_logged(nginx):
+    call, log = _started(nginx)
+    semantics_cases.failed_calls_and_blocking_are_logged(call, log)
+    # in nginx's own format and level, with the worker's pid
+    assert re.search(
+        r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[warn\] \d+#\d+: \[aioresty\] aioresty.runtime "
+        r"\[aioresty:tests.apps.asyncapp\]: call 'no_such_handler' failed: rc=2",
+        nginx.log(),
+    ), nginx.log()[-2000:]
 
 
 def test_answers_up_to_the_limit(nginx):
