@@ -35,12 +35,21 @@ def _setup() -> None:
             sys.path.insert(0, path)
 
 
+_failed: set[tuple[str, str]] = set()  # (what, last line) already logged with a traceback
+
+
 def _fail(what: str, tq: int | None = None) -> int:
-    """Log the current exception; tell the host why (its load error's last part)."""
+    """Log the current exception (its traceback the first time, then one line:
+    the core retries a failed load with backoff); tell the host why."""
     exc = sys.exc_info()[1]
-    log.error("%s\n%s", what, traceback.format_exc().rstrip())
-    if tq is not None and exc is not None:
-        _native.set_error(tq, f"{what}: {last_line(exc)}")
+    why = last_line(exc) if exc is not None else "unknown error"
+    if (what, why) in _failed:
+        log.error("%s (again): %s", what, why)
+    else:
+        _failed.add((what, why))
+        log.error("%s\n%s", what, traceback.format_exc().rstrip())
+    if tq is not None:
+        _native.set_error(tq, f"{what}: {why}")
     return 1
 
 

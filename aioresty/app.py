@@ -19,6 +19,8 @@ import importlib
 import inspect
 import json
 import logging
+import os
+import sys
 import traceback
 import types
 from collections.abc import Awaitable, Callable, Coroutine
@@ -342,12 +344,58 @@ def split_cfg(cfg: str) -> tuple[str, dict[str, Any]]:
     return spec, config
 
 
+def _reach(path: str) -> str:
+    """'missing', 'denied' (exists, or may exist, but this process may not read
+    it), 'dir' or 'file'."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return "denied"
+    except OSError:
+        return "missing"
+    if os.path.isdir(path):
+        return "dir" if os.access(path, os.R_OK | os.X_OK) else "denied"
+    return "file" if os.access(path, os.R_OK) else "denied"
+
+
+def _out_of_reach(modname: str) -> str | None:
+    """The first path on the way to ``modname`` that sys.path has but this
+    process may not read: a "No module named" that is really a permission problem."""
+    parts = modname.split(".")
+    for entry in sys.path:
+        path = entry or os.getcwd()
+        state = _reach(path)
+        if state == "denied":
+            return path
+        if state != "dir":
+            continue
+        for i, part in enumerate(parts):
+            sub = os.path.join(path, part)
+            cands = (sub, sub + ".py") if i == len(parts) - 1 else (sub,)
+            for cand in cands:
+                if _reach(cand) == "denied":
+                    return cand
+            if _reach(sub) != "dir":
+                break
+            path = sub
+    return None
+
+
 def load_app(spec: str) -> App:
     """Resolve ``"pkg.module"`` or ``"pkg.module:attr"`` to an App."""
     modname, _, attr = spec.partition(":")
     if not modname or not all(part.isidentifier() for part in modname.split(".")):
         raise ValueError(f"bad app spec {spec!r}: expected 'pkg.module' or 'pkg.module:app'")
-    module = importlib.import_module(modname)
+    try:
+        module = importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        where = _out_of_reach(modname) if e.name and modname.startswith(e.name) else None
+        if where is None:
+            raise
+        raise PermissionError(
+            f"module '{modname}' cannot be imported: {where} is not readable by uid "
+            f"{os.geteuid()} (make it readable by the proxy's worker user)"
+        ) from e
     if not attr:
         app = app_from_module(module)
     else:

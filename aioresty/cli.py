@@ -39,7 +39,8 @@ class UsageError(Exception):
 USER_KEYS = {
     "listen": "host:port Envoy listens on",
     "admin": "host:port of Envoy's admin interface",
-    "lua": "named Lua scripts: name = file or {inline = ...} / {file = ...}",
+    "lua": "named Lua scripts: name = file or {inline = ...} / {file = ...} [, on_error = ...]",
+    "on_error": "what a Lua script error does: 'fail_closed' (500, default) or 'continue'",
     "routes": "list of routes (prefix, lua, upstream, prefix_rewrite, timeout, status, body)",
     "upstreams": "name = host:port",
     "max_request_bytes": "largest bridge call body",
@@ -47,6 +48,7 @@ USER_KEYS = {
     "pythonpath": "directories added to PYTHONPATH (relative to the config file)",
     "venv": "venv of the Python loader (AIORESTY_VENV)",
 }
+_ON_ERROR_HELP = "one of " + ", ".join(f"'{k}' ({v})" for k, v in envoy_config.ON_ERRORS.items())
 ROUTE_KEYS = {"prefix", "lua", "upstream", "prefix_rewrite", "timeout", "status", "body"}
 ENV_KEYS = (
     "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
@@ -108,9 +110,23 @@ def validate_user_config(user: Any, where: str) -> dict[str, Any]:
     _expect(isinstance(lua, dict), where, "lua must be a table of name = script")
     for name, spec in lua.items():
         ok = isinstance(spec, str) or (
-            isinstance(spec, dict) and len(spec) == 1 and ("inline" in spec or "file" in spec)
+            isinstance(spec, dict)
+            and ("inline" in spec) != ("file" in spec)
+            and set(spec) <= {"inline", "file", "on_error"}
         )
-        _expect(ok, where, f"lua.{name} must be a file name or {{inline = ...}} / {{file = ...}}")
+        _expect(
+            ok,
+            where,
+            f"lua.{name} must be a file name or {{inline = ...}} / {{file = ...}} "
+            "(with an optional on_error)",
+        )
+        oe = spec.get("on_error", "fail_closed") if isinstance(spec, dict) else "fail_closed"
+        _expect(oe in envoy_config.ON_ERRORS, where, f"lua.{name}.on_error: {_ON_ERROR_HELP}")
+    _expect(
+        user.get("on_error", "fail_closed") in envoy_config.ON_ERRORS,
+        where,
+        f"on_error: {_ON_ERROR_HELP}",
+    )
     ups = user.get("upstreams", {})
     _expect(isinstance(ups, dict), where, "upstreams must be a table of name = 'host:port'")
     for name, hp in ups.items():

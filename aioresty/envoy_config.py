@@ -15,13 +15,15 @@ Functions here return plain dicts (JSON-serialisable; JSON is valid YAML, so
     {
       "listen": "127.0.0.1:8000",          # where Envoy listens
       "admin": "127.0.0.1:9901",           # optional admin interface
-      "lua": {"seed": "path/to/seed.lua"}, # named Lua scripts (files or {"inline": "..."})
+      "lua": {"seed": "path/to/seed.lua"}, # named Lua scripts (files or {"inline": "..."},
+                                           #   {"file": ..., "on_error": ...})
       "routes": [                          # first match wins
         {"prefix": "/httpbin/", "lua": "seed", "upstream": "httpbin", "prefix_rewrite": "/"},
         {"prefix": "/app/", "lua": "app"}  # no upstream: the script must respond()
       ],
       "upstreams": {"httpbin": "127.0.0.1:8080"},
       "max_request_bytes": 67108864,       # optional: largest call body (default 64 MiB)
+      "on_error": "fail_closed",           # a script error: 500 (default) or "continue"
       "lua_mode": "stock"                  # where route scripts run (LUA_MODES)
     }
 
@@ -50,6 +52,31 @@ LUA_MODES = {
     "stock": "envoy.filters.http.lua + the aioresty_bridge cluster (docs/envoy.md)",
     "module": "aioresty's LuaJIT filter inside the dynamic module (docs/luamod.md)",
 }
+# What a Lua script error does (short config "on_error", per script or for all)
+ON_ERRORS = {
+    "fail_closed": "the request is answered 500 (default)",
+    "continue": "logged, and the request goes on (Envoy's Lua filter's own behaviour)",
+}
+# Envoy's stock Lua filter has no such option: fail_closed scripts get this
+# wrapper appended (LuaJIT's pcall lets httpCall yield through it).
+FAIL_CLOSED_LUA = """
+
+-- added by aioresty (on_error = "fail_closed"): a script error answers 500
+do
+    local pcall, tostring, on_request = pcall, tostring, envoy_on_request
+    if on_request then
+        envoy_on_request = function(h)
+            local ok, err = pcall(on_request, h)
+            if not ok then
+                h:logErr("aioresty: Lua script error: " .. tostring(err))
+                pcall(h.respond, h, {[":status"] = "500", ["content-type"] = "text/plain"},
+                      "lua script error\\n")  -- the lua mode's words
+            end
+        end
+    end
+end
+"""
+NO_ANSWER = "aioresty: the route's Lua script did not answer\n"
 LUAMOD_FILTER_PREFIX = "aioresty.lua."
 BRIDGE_CLUSTER = "aioresty_bridge"
 BRIDGE_SINK = "aioresty_bridge_sink"
@@ -343,7 +370,15 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
     mode = user.get("lua_mode", "stock")
     if mode not in LUA_MODES:
         raise ValueError(f"lua_mode must be one of {', '.join(LUA_MODES)}, got {mode!r}")
-    scripts = {name: _read_lua(spec, base) for name, spec in (user.get("lua") or {}).items()}
+    default_on_error = user.get("on_error", "fail_closed")
+    scripts: dict[str, str] = {}
+    on_error: dict[str, str] = {}
+    for name, spec in (user.get("lua") or {}).items():
+        scripts[name] = _read_lua(spec, base)
+        oe = spec.get("on_error", default_on_error) if isinstance(spec, dict) else default_on_error
+        if oe not in ON_ERRORS:
+            raise ValueError(f"lua.{name}: on_error must be one of {', '.join(ON_ERRORS)}")
+        on_error[name] = oe
     upstreams: dict[str, str] = dict(user.get("upstreams") or {})
     routes = []
     for r in user.get("routes") or []:
@@ -356,10 +391,12 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
                 act["prefix_rewrite"] = r["prefix_rewrite"]
             route["route"] = act
         else:
-            # the script answers with respond(); this is only reached if it did not
+            # the script answers with respond(); this is only reached if it did not,
+            # which is a bug of the script: 500 unless the route says otherwise
+            unanswered = (500, NO_ANSWER) if r.get("lua") else (200, "")
             route["direct_response"] = {
-                "status": int(r.get("status", 200)),
-                "body": {"inline_string": r.get("body", "")},
+                "status": int(r.get("status", unanswered[0])),
+                "body": {"inline_string": r.get("body", unanswered[1])},
             }
         if r.get("lua"):
             if r["lua"] not in scripts:
@@ -372,12 +409,19 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
     if scripts and mode == "module":
         used = {r["lua"] for r in user.get("routes") or [] if r.get("lua")}
         http_filters.extend(
-            luamod_filter(name, code, disabled=True)
+            luamod_filter(name, code, on_error=on_error[name], disabled=True)
             for name, code in scripts.items()
             if name in used
         )
     elif scripts:
-        http_filters.append(lua_filter(scripts))
+        http_filters.append(
+            lua_filter(
+                {
+                    name: code + (FAIL_CLOSED_LUA if on_error[name] == "fail_closed" else "")
+                    for name, code in scripts.items()
+                }
+            )
+        )
     http_filters.append({"name": "envoy.filters.http.router", "typed_config": _ROUTER})
     listener = {
         "name": "aioresty_main",

@@ -70,11 +70,12 @@ def test_config_of_the_example_validates(tmp_path: Path) -> None:
     cfg = json.loads(out.read_text())
     names = [c["name"] for c in cfg["static_resources"]["clusters"]]
     assert envoy_config.BRIDGE_CLUSTER in names and "httpbin" in names
-    # the seed block goes in verbatim
+    # the seed block goes in verbatim, then the fail-closed wrapper (on_error default)
     lua = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
         "http_filters"
     ][0]["typed_config"]["source_codes"]
-    assert lua["seed"]["inline_string"] == (DEMO.parent / "seed.lua").read_text()
+    seed = (DEMO.parent / "seed.lua").read_text()
+    assert lua["seed"]["inline_string"] == seed + envoy_config.FAIL_CLOSED_LUA
     validate(out, env)
     # stdout form is the same document
     r2 = aioresty("envoy", "config", str(DEMO), env=env)
@@ -108,7 +109,10 @@ def test_module_mode_config_validates(tmp_path: Path) -> None:
         "envoy.filters.http.router",
     ]
     seed_cfg = json.loads(chain[0]["typed_config"]["filter_config"]["value"])
-    assert seed_cfg == {"inline_code": (DEMO.parent / "seed.lua").read_text()}
+    assert seed_cfg == {
+        "inline_code": (DEMO.parent / "seed.lua").read_text(),
+        "on_error": "fail_closed",
+    }
     assert {c["name"] for c in cfg["static_resources"]["clusters"]} == {"httpbin"}
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert [set(x["typed_per_filter_config"]) for x in routes] == [

@@ -164,7 +164,11 @@ enum {
  * preference" for a loaded key).  The first load's max_queue and flags win:
  * a later load of the same key asking for others (max_queue > 0; flags with
  * AR_LOAD_OPTIONS) gets the loaded runtime and one warning naming both.
- * On failure returns NULL and writes a message into err (errlen bytes). */
+ * On failure returns NULL and writes a message into err (errlen bytes).  A
+ * failed load is remembered per key: loads of that key within its backoff
+ * (1 s, doubling per failed attempt up to 10 s) fail at once with the same
+ * message plus "(failed Xs ago; next attempt in Ys)", without running the
+ * runtime's libffi_init again. */
 AR_API ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int flags,
                                  char *err, size_t errlen);
 

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core_internal.h"
@@ -39,6 +40,73 @@ static entry *g_entries;
 static pid_t g_pid;             /* process that loaded the first runtime */
 static int g_promoted;
 static uint64_t g_next_id = 1;  /* under g_lock */
+
+/* Failed loads, per key, under g_lock: the next load of the key within the
+ * backoff gets the same error at once, without running the runtime's
+ * libffi_init again (a broken app would otherwise start Python's import -
+ * and log a traceback - on every request).  The backoff doubles from
+ * AR_LOAD_RETRY_MIN to AR_LOAD_RETRY_MAX seconds per failed attempt; a load
+ * that succeeds forgets the key. */
+#define AR_LOAD_RETRY_MIN 1.0
+#define AR_LOAD_RETRY_MAX 10.0
+typedef struct failure {
+    struct failure *next;
+    char *key;
+    char *err;                  /* the error of the last attempt */
+    double at, backoff;         /* CLOCK_MONOTONIC seconds of it, seconds until the next */
+} failure;
+static failure *g_failures;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static failure *failure_of(const char *key)
+{
+    for (failure *f = g_failures; f; f = f->next)
+        if (strcmp(f->key, key) == 0) return f;
+    return NULL;
+}
+
+/* A load of key just failed with err: remember it (best effort). */
+static void remember_failure(const char *key, const char *err)
+{
+    failure *f = failure_of(key);
+    char *copy = strdup(err);
+    if (!copy) return;
+    if (!f) {
+        f = calloc(1, sizeof *f);
+        if (!f || !(f->key = strdup(key))) {
+            free(f);
+            free(copy);
+            return;
+        }
+        f->next = g_failures;
+        g_failures = f;
+        f->backoff = AR_LOAD_RETRY_MIN / 2;
+    }
+    free(f->err);
+    f->err = copy;
+    f->at = now_s();
+    f->backoff = f->backoff * 2 > AR_LOAD_RETRY_MAX ? AR_LOAD_RETRY_MAX : f->backoff * 2;
+}
+
+static void forget_failure(const char *key)
+{
+    for (failure **pp = &g_failures; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->key, key) == 0) {
+            failure *f = *pp;
+            *pp = f->next;
+            free(f->key);
+            free(f->err);
+            free(f);
+            return;
+        }
+    }
+}
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -244,15 +312,24 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
             return q;
         }
     }
+    failure *prev = failure_of(key);
+    if (prev) {
+        double left = prev->at + prev->backoff - now_s();
+        if (left > 0) {
+            set_err(err, errlen, "%s (failed %.1fs ago; next attempt in %.1fs)", prev->err,
+                    prev->backoff - left, left);
+            goto fail;
+        }
+    }
     promote_self();
     dl = open_library(lib, RTLD_NOW | ((flags & AR_LOAD_GLOBAL) ? RTLD_GLOBAL : RTLD_LOCAL), err,
                       errlen);
-    if (!dl) goto fail;
+    if (!dl) goto failed_load;
     loaded_path(dl, path, sizeof path);
     ar_libffi_init_fn init = (ar_libffi_init_fn)dlsym(dl, "libffi_init");
     if (!init) {
         set_err(err, errlen, "runtime library '%s' (%s) has no libffi_init", lib, path);
-        goto fail;
+        goto failed_load;
     }
     if (max_queue <= 0) max_queue = AR_DEFAULT_MAX_QUEUE;
     e = calloc(1, sizeof *e);
@@ -286,8 +363,9 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
         ar_queue_unref(q);
         ar_queue_unref(q);
         q = NULL;
-        goto fail;
+        goto failed_load;
     }
+    forget_failure(key);
     e->key = key;
     e->path = path_copy;
     e->id = g_next_id++;
@@ -308,6 +386,8 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
     pthread_mutex_unlock(&g_lock);
     return q;
 
+failed_load:
+    if (err && errlen) remember_failure(key, err);
 fail:
     pthread_mutex_unlock(&g_lock);
     free(key);
