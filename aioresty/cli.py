@@ -250,7 +250,7 @@ def envoy_env(
     return env
 
 
-def _warn_cluster_header(config: dict[str, Any], where: str) -> None:
+def warn_cluster_header(config: dict[str, Any], where: str) -> None:
     for header in sorted(set(envoy_config.cluster_header_routes(config))):
         print(
             f"aioresty: warning: {where}: a route takes its cluster from the request "
@@ -259,26 +259,6 @@ def _warn_cluster_header(config: dict[str, Any], where: str) -> None:
             "only the clusters you mean to expose (docs/envoy.md, Trust)",
             file=sys.stderr,
         )
-
-
-def envoy_args(config_path: str | os.PathLike[str]) -> tuple[list[str], dict[str, Any] | None]:
-    """Envoy arguments for a user config or Envoy config, and the user config (or None).
-
-    A parsed config goes inline (``--config-yaml``, JSON); an Envoy YAML that
-    cannot be parsed here (no PyYAML) is passed with ``-c`` and the bridge
-    pieces with ``--config-yaml`` (Envoy merges the two)."""
-    if not is_envoy_config(config_path):
-        user = load_user(config_path)
-        cfg = build_from_user(user, Path(config_path).resolve().parent, str(config_path))
-        return ["--config-yaml", json.dumps(cfg)], user
-    parsed = load_envoy(config_path)
-    if parsed is not None:
-        _warn_cluster_header(parsed, str(config_path))
-        return ["--config-yaml", json.dumps(envoy_config.merge_bridge(parsed))], None
-    args = ["-c", str(config_path)]
-    if envoy_config.BRIDGE_CLUSTER not in _read(config_path):
-        args += ["--config-yaml", json.dumps(envoy_config.merge_bridge({}))]
-    return args, None
 
 
 # ---------------------------------------------------------------- commands
@@ -337,7 +317,7 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
         if generated is not None:
             _merge_user_into(target, generated, args.merge)
         config = envoy_config.merge_bridge(target)
-        _warn_cluster_header(target, args.merge)
+        warn_cluster_header(target, args.merge)
     else:
         assert generated is not None
         config = generated
@@ -366,18 +346,15 @@ def _cmd_envoy_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_envoy_run(args: argparse.Namespace) -> int:
-    cfg_args, user = envoy_args(args.config)
-    base_dir = Path(args.config).resolve().parent
-    env = envoy_env(user, base_dir)
-    binary = envoy_binary()
-    argv = [binary, *cfg_args, *args.envoy_args]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execvpe(binary, argv, env)
-    except OSError as e:
-        raise UsageError(f"cannot run {binary}: {e}") from None
-    return 1  # pragma: no cover - execvpe does not return
+    from . import envoy_run
+
+    return envoy_run.run(args.config, args.envoy_args, args.watch)
+
+
+def _cmd_envoy_reload(args: argparse.Namespace) -> int:
+    from . import envoy_run
+
+    return envoy_run.reload(args.config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,11 +384,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_envoy_config)
     r = esub.add_parser(
         "run",
-        help="exec Envoy with the generated config and environment "
+        usage="aioresty envoy run [-h] [--watch] config [-- ENVOY_ARG ...]",
+        help="run Envoy with the generated config and environment, hot-restarted on reload "
         "(extra Envoy arguments after --)",
+        description="Runs Envoy (hot restart enabled, --base-id derived from the config's "
+        "path) under a supervisor: `aioresty envoy reload CONFIG`, SIGHUP or --watch start "
+        "the next epoch, the old one drains. Refuses a listen address already served.",
+        epilog="Arguments after -- go to Envoy as they are, e.g. "
+        "`aioresty envoy run demo.toml -- --concurrency 2 --log-level debug`.",
     )
     r.add_argument("config", help="user config (.toml/.json) or Envoy config (.yaml/.json)")
+    r.add_argument(
+        "--watch",
+        action="store_true",
+        help="development: reload when the config, its Lua files or .py files under its "
+        "pythonpath change",
+    )
     r.set_defaults(func=_cmd_envoy_run, envoy_args=[])
+    rl = esub.add_parser(
+        "reload", help="hot-restart the `aioresty envoy run` of this config (new code)"
+    )
+    rl.add_argument("config", help="the config `aioresty envoy run` was given")
+    rl.set_defaults(func=_cmd_envoy_reload)
     e = esub.add_parser("env", help="print the environment Envoy needs as shell exports")
     e.add_argument("user_config", nargs="?", help="user config (for its pythonpath/venv)")
     e.set_defaults(func=_cmd_envoy_env)
@@ -438,4 +432,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    # `python -m aioresty.cli`: run the package's module, so the submodules that
+    # import aioresty.cli share its UsageError
+    from aioresty import cli as _cli
+
+    raise SystemExit(_cli.main())
