@@ -166,7 +166,7 @@ bench-envoy: venv
 # nginx: examples/nginx on 127.0.0.1:8080 in the foreground (Ctrl-C stops it gracefully)
 .PHONY: demo-nginx bench-nginx
 demo-nginx: venv python-access
-	cd $(ROOT) && exec $(VENV)/bin/python -m aioresty.nginx_run examples/nginx/nginx.conf
+	cd $(ROOT) && exec $(VENV)/bin/python -m aioresty.cli nginx run examples/nginx/nginx.conf
 
 # nginx benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/nginx.json
 bench-nginx: venv python-access

@@ -3,8 +3,12 @@
     aioresty paths [--json]
     aioresty envoy config USER_CONFIG [--merge envoy.yaml] [-o out.yaml]
     aioresty envoy config --merge envoy.yaml [-o out.yaml]
-    aioresty envoy run USER_CONFIG_OR_ENVOY_YAML [-- extra envoy args]
+    aioresty envoy run USER_CONFIG_OR_ENVOY_YAML [--watch] [-- extra envoy args]
+    aioresty envoy reload USER_CONFIG_OR_ENVOY_YAML
     aioresty envoy env [USER_CONFIG]
+    aioresty envoy filter-config ...            (the Python HTTP filter's Envoy config)
+    aioresty nginx run NGINX_CONF [--pythonpath DIR] [--keep] [--log-level LEVEL]
+    aioresty nginx reload NGINX_CONF
 
 A *user config* is the short TOML/JSON that ``envoy_config.build_config``
 reads (see examples/envoy/demo.toml), plus two keys used for the environment:
@@ -27,7 +31,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import __version__, envoy_config, envoy_filters, paths
+from . import __version__, envoy_config, envoy_filters, nginx_run, paths
 
 
 class UsageError(Exception):
@@ -410,6 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("user_config", nargs="?", help="user config (for its pythonpath/venv)")
     e.set_defaults(func=_cmd_envoy_env)
     envoy_filters.add_cli(esub)  # `aioresty envoy filter-config` (the Python HTTP filter)
+
+    nginx = sub.add_parser("nginx", help="run stock nginx (+ lua module) with aioresty")
+    nsub = nginx.add_subparsers(dest="nginx_command", required=True)
+    n = nsub.add_parser(
+        "run",
+        help="run nginx in the foreground with a private prefix and the workers' environment",
+    )
+    nginx_run.add_run_arguments(n)
+    n.set_defaults(func=nginx_run.serve)
+    nr = nsub.add_parser("reload", help="HUP the `aioresty nginx run` of this config")
+    nr.add_argument("conf", help="the nginx.conf `aioresty nginx run` was given")
+    nr.set_defaults(func=lambda a: nginx_run.reload(a.conf))
     return parser
 
 

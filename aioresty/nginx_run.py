@@ -1,6 +1,7 @@
 """Run stock nginx (Debian's nginx + lua module) with aioresty, in the foreground.
 
-    python -m aioresty.nginx_run examples/nginx/nginx.conf      # what `make demo-nginx` runs
+    aioresty nginx run examples/nginx/nginx.conf      # what `make demo-nginx` runs
+    aioresty nginx reload examples/nginx/nginx.conf   # HUP: new workers, new Python code
 
 It makes a private prefix (``<prefix>/lua`` -> aioresty's Lua files, ``<prefix>/logs``),
 passes what the workers need in their environment (``AIORESTY_LIB_DIR``,
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -97,10 +99,18 @@ def make_prefix(prefix: Path | None = None) -> Path:
     return prefix
 
 
+def _uncommented(conf: Path) -> str:
+    return re.sub(r"#[^\n]*", "", conf.read_text())
+
+
+def has_directive(conf: Path, name: str) -> bool:
+    """The main config sets `name` (a top-level directive such as daemon)."""
+    return re.search(rf"(?m)^\s*{name}\s", _uncommented(conf)) is not None
+
+
 def listen_addresses(conf: Path) -> list[str]:
     """host:port of the `listen` directives of a config (for the banner only)."""
-    text = re.sub(r"#[^\n]*", "", conf.read_text())
-    return re.findall(r"\blisten\s+([0-9.]+:\d+)", text)
+    return re.findall(r"\blisten\s+([0-9.]+:\d+)", _uncommented(conf))
 
 
 def children(pid: int) -> list[int]:
@@ -149,11 +159,12 @@ class Nginx:
         return self.proc.pid
 
     def start(self, wait_for: Sequence[tuple[str, int]] = (), timeout: float = 15.0) -> None:
-        glob = "daemon off;"
+        # a config that says `daemon off;` itself must not get it twice (nginx refuses)
+        glob = "" if has_directive(self.conf, "daemon") else "daemon off;"
         if self.stderr_level:
             glob += f" error_log stderr {self.stderr_level};"
         cmd = [nginx_binary(), "-p", f"{self.prefix}/", "-c", str(self.conf), "-e", "stderr"]
-        cmd += ["-g", glob]
+        cmd += ["-g", glob.strip()] if glob.strip() else []
         out = open(self.output, "ab") if self.output else None
         try:
             self.proc = subprocess.Popen(
@@ -265,12 +276,18 @@ def _serve(args: argparse.Namespace) -> int:
         urls = ", ".join(f"http://{a}/" for a in listen_addresses(conf)) or "(see the config)"
         print(
             f"aioresty nginx: {conf} on {urls}\n"
-            f"  master pid {nginx.pid} (kill -HUP reloads), prefix {prefix}\n"
+            f"  master pid {nginx.pid} (`aioresty nginx reload {args.conf}` or kill -HUP "
+            f"reloads), prefix {prefix}\n"
             f"  error log {prefix}/logs/error.log (warnings also here); Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )
+        pidfile = master_pidfile(conf)
+        pidfile.write_text(str(nginx.pid))
         rc = _supervise(nginx, stops)
+        with contextlib.suppress(OSError):
+            if pidfile.read_text() == str(nginx.pid):
+                pidfile.unlink()
     finally:
         if nginx.running():
             nginx.stop(graceful=False)
@@ -283,6 +300,30 @@ def _serve(args: argparse.Namespace) -> int:
     return rc
 
 
+def master_pidfile(conf: Path) -> Path:
+    """Where `run` records the master of a config, for `reload`:
+    $AIORESTY_STATE_DIR (default /tmp/aioresty-<uid>)/nginx-<crc of its path>.pid."""
+    root = Path(os.environ.get("AIORESTY_STATE_DIR") or f"/tmp/aioresty-{os.getuid()}")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root / f"nginx-{zlib.crc32(str(conf.resolve()).encode()):08x}.pid"
+
+
+def reload(conf: str) -> int:
+    """SIGHUP to the nginx master `run` started for conf: new workers, new Python."""
+    pidfile = master_pidfile(Path(conf))
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        print(
+            f"aioresty nginx: no `aioresty nginx run {conf}` is running ({pidfile})",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"aioresty nginx: reload requested (master pid {pid})", file=sys.stderr)
+    return 0
+
+
 def _supervise(nginx: Nginx, stops: list[int]) -> int:
     """Wait for nginx; on a stop signal: SIGQUIT, then SIGTERM after 10 s or a 2nd signal."""
     seen = 0
@@ -291,10 +332,13 @@ def _supervise(nginx: Nginx, stops: list[int]) -> int:
     while True:
         rc = nginx.wait(0.2)
         if rc is not None:
+            if quit_at is None and rc == 0:  # stopped from outside (nginx -s quit, QUIT)
+                print("aioresty nginx: nginx stopped", file=sys.stderr)
+                return 0
             if quit_at is None:
                 print(f"aioresty nginx: nginx exited by itself ({rc})", file=sys.stderr)
                 print(nginx.log(), file=sys.stderr)
-                return rc or 1
+                return rc
             print("aioresty nginx: stopped", file=sys.stderr)
             return rc
         now = time.monotonic()
@@ -317,9 +361,14 @@ def _supervise(nginx: Nginx, stops: list[int]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aioresty.nginx_run",
+        prog="aioresty nginx run",
         description="Run stock nginx with aioresty in the foreground (Ctrl-C stops it).",
     )
+    add_run_arguments(parser)
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("conf", help="nginx.conf (lua_package_path may use $prefix/lua/)")
     parser.add_argument("-p", "--prefix", help="prefix directory (default: a fresh temp dir)")
     parser.add_argument(
@@ -332,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warn", help="also log this level and up to stderr (warn)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp prefix")
-    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    return _serve(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 # Runs examples/nginx/nginx.conf on stock nginx in the foreground, on
 # 127.0.0.1:8080; Ctrl-C stops it gracefully.  `make demo-nginx` does the same
 # after setting everything up; this script only needs a built venv:
-#   examples/nginx/run.sh [--keep] [--log-level info]   (see python -m aioresty.nginx_run -h)
+#   examples/nginx/run.sh [--keep] [--log-level info]   (see aioresty nginx run -h)
 # The Python of the venv in $AIORESTY_VENV, else $VIRTUAL_ENV, else <repo>/.venv
 # runs the example's handlers (examples/nginx/authapp.py) inside the workers.
 set -eu
@@ -18,4 +18,4 @@ if [ -z "$PY" ]; then
 fi
 # this checkout's aioresty, even if the venv has another one installed
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" -m aioresty.nginx_run "$HERE/nginx.conf" "$@"
+exec "$PY" -m aioresty.cli nginx run "$HERE/nginx.conf" "$@"

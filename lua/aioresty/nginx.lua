@@ -25,6 +25,7 @@ local semaphore = require "ngx.semaphore"
 local ffi_new = ffi.new
 local ffi_string = ffi.string
 local ffi_load = ffi.load
+local ffi_copy = ffi.copy
 local sema_new = semaphore.new
 local ngx = ngx
 local ngx_log = ngx.log
@@ -68,6 +69,7 @@ void arn_disconnect(void);
 long arn_outstanding(void);
 int arn_stats(char *buf, size_t len);
 void arn_set_log_level(int ngx_level);
+size_t arn_take_logs(const char **out, unsigned long *dropped);
 ]]
 
 local _M = { _VERSION = "0.1" }
@@ -172,7 +174,8 @@ end
 _M.check_process = check_process
 
 -- Before the first runtime loads: the core's log lines (Python logging
--- included) go to this worker's error_log with its filter level.
+-- included) go to this worker's error_log with its filter level (the
+-- wake loop hands them over: take_logs).
 local log_routed = false
 local function route_log()
     if log_routed then
@@ -189,14 +192,6 @@ local function route_log()
     return true
 end
 
--- the name resty_ffi.load_ffi looks for
-function _M.can_load()
-    local ok, err = check_process()
-    if not ok then
-        return nil, err
-    end
-    return route_log()
-end
 
 local function kick_if_idle_exit()
     if n_waiters == 0 and NL and worker_exiting() then
@@ -204,7 +199,32 @@ local function kick_if_idle_exit()
     end
 end
 
+-- The core's log lines queued by runtime threads (aioresty_nginx.h), into
+-- nginx's own error log: its format, its levels, this worker's pid.
+local NGX_LEVELS = { [0] = ngx.DEBUG, ngx.INFO, WARN, ERR }
+local has_errlog, errlog = pcall(require, "ngx.errlog")
+local raw_log = has_errlog and errlog.raw_log or function(level, msg) ngx_log(level, msg) end
+local logs_out = ffi_new("const char *[1]")
+local logs_dropped = ffi_new("unsigned long[1]")
+local len_buf = ffi_new("uint32_t[1]")
+
+local function take_logs()
+    local n = tonumber(NL.arn_take_logs(logs_out, logs_dropped))
+    local p, at = logs_out[0], 0
+    while at + 5 <= n do
+        ffi_copy(len_buf, p + at + 1, 4)
+        local len = tonumber(len_buf[0])
+        raw_log(NGX_LEVELS[p[at]] or ERR, "[aioresty] " .. ffi_string(p + at + 5, len))
+        at = at + 5 + len
+    end
+    local dropped = tonumber(logs_dropped[0])
+    if dropped > 0 then
+        raw_log(WARN, "[aioresty] " .. dropped .. " log line(s) dropped: more than 1 MiB waited")
+    end
+end
+
 local function drain()
+    take_logs()
     local n = NL.arn_drain(done_out)
     if n == 0 then
         return
@@ -332,6 +352,24 @@ local function start()
     end
     running = true
     ngx_log(NOTICE, "aioresty: wake loop started in worker ", worker_pid())
+    return true
+end
+
+-- resty_ffi.load_ffi asks before each load (the name it looks for): not in
+-- the master; the log routed to the error_log and the wake loop running
+-- first, so a runtime warmed up in init_worker_by_lua* logs right away.
+function _M.can_load()
+    local ok, err = check_process()
+    if not ok then
+        return nil, err
+    end
+    ok, err = route_log()
+    if not ok then
+        return nil, err
+    end
+    if not running then
+        return start()
+    end
     return true
 end
 

@@ -46,6 +46,13 @@ static struct waker {
     char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];  /* its directory */
 
     atomic_ulong n_posted, n_completed, n_wakes, n_drains, n_drained;
+
+    /* Log lines for the worker's error_log (arn_set_log_level), under W.mu:
+     * records [level byte][4-byte length][bytes], appended by any thread,
+     * taken by the Lua thread (arn_take_logs) on the next wake. */
+    char *logs, *logs_back; /* malloc'ed, owned by the waker */
+    size_t logs_len, logs_cap, logs_back_cap;
+    unsigned long logs_dropped; /* lines refused because LOG_BUF_MAX was full */
 } W = {.mu = PTHREAD_MUTEX_INITIALIZER, .conn_fd = -1, .listen_fd = -1};
 
 static void remove_socket_file(void)
@@ -60,11 +67,17 @@ static void remove_socket_file(void)
     }
 }
 
-/* atexit: the worker exits; remove a socket file still waiting for accept. */
+static void write_stderr_line(int level, const char *line, size_t ll);
+static void flush_logs_to_stderr(void);
+
+/* atexit: the worker exits; remove a socket file still waiting for accept,
+ * and write what the Lua thread did not take to stderr. */
 static void at_exit(void)
 {
-    if (W.pid == getpid())
+    if (W.pid == getpid()) {
         remove_socket_file();
+        flush_logs_to_stderr();
+    }
 }
 
 static void sink_complete(ar_task *t, void *ctx);
@@ -389,6 +402,8 @@ int arn_stats(char *buf, size_t len)
 
 /* ------------------------------------------------------------ logging */
 
+#define LOG_BUF_MAX (1 << 20) /* bytes of lines waiting for the Lua thread */
+
 static atomic_int g_ngx_log_level = 6;     /* NGX_LOG_NOTICE until told */
 
 /* the core's 0 debug, 1 info, 2 warning, 3 error, as nginx numbers and names them */
@@ -407,9 +422,10 @@ static int ngx_log_enabled(int level)
     return g_levels[clamp_level(level)].ngx <= atomic_load(&g_ngx_log_level);
 }
 
-static void ngx_log_line(int level, const char *line)
+/* One line on stderr the way nginx writes its log, for when no Lua thread
+ * will take it (before the waker connects nothing is lost: lines wait). */
+static void write_stderr_line(int level, const char *line, size_t ll)
 {
-    if (!ngx_log_enabled(level)) return;
     char stamp[32], head[96], small[4096];
     time_t now = time(NULL);
     struct tm tm;
@@ -418,19 +434,87 @@ static void ngx_log_line(int level, const char *line)
     int hl = snprintf(head, sizeof head, "%s [%s] %d#%d: [aioresty] ", stamp,
                       g_levels[clamp_level(level)].name, (int)getpid(), (int)gettid());
     if (hl < 0) return;
-    size_t ll = strlen(line), n = (size_t)hl + ll + 1;
+    size_t n = (size_t)hl + ll + 1;
     char *buf = n <= sizeof small ? small : malloc(n);
     if (!buf) return;
     memcpy(buf, head, (size_t)hl);
     memcpy(buf + hl, line, ll);
     buf[n - 1] = '\n';
-    ssize_t w = write(STDERR_FILENO, buf, n);   /* one line, one write: no interleaving */
+    ssize_t w = write(STDERR_FILENO, buf, n);   /* one line, one write */
     (void)w;
     if (buf != small) free(buf);
 }
 
+static void flush_logs_to_stderr(void)
+{
+    pthread_mutex_lock(&W.mu);
+    for (size_t at = 0; at + 5 <= W.logs_len;) {
+        uint32_t ll;
+        memcpy(&ll, W.logs + at + 1, 4);
+        write_stderr_line(W.logs[at], W.logs + at + 5, ll);
+        at += 5 + ll;
+    }
+    W.logs_len = 0;
+    pthread_mutex_unlock(&W.mu);
+}
+
+/* ar_log's sink in a worker: queue the line for the Lua thread, which hands
+ * it to nginx's own logger (ngx.errlog.raw_log), so it reaches every
+ * error_log with nginx's format, level filter and the worker's pid. */
+static void ngx_log_line(int level, const char *line)
+{
+    if (!ngx_log_enabled(level)) return;
+    size_t ll = strlen(line);
+    if (ll > LOG_BUF_MAX / 2) ll = LOG_BUF_MAX / 2;
+    pthread_mutex_lock(&W.mu);
+    if (W.pid != getpid() || W.logs_len + 5 + ll > LOG_BUF_MAX) {
+        if (W.pid == getpid()) W.logs_dropped++;
+        pthread_mutex_unlock(&W.mu);
+        if (W.pid != getpid()) write_stderr_line(level, line, ll);
+        return;
+    }
+    if (W.logs_len + 5 + ll > W.logs_cap) {
+        size_t cap = W.logs_cap ? W.logs_cap : 4096;
+        while (cap < W.logs_len + 5 + ll) cap *= 2;
+        char *grown = realloc(W.logs, cap);
+        if (!grown) {
+            W.logs_dropped++;
+            pthread_mutex_unlock(&W.mu);
+            return;
+        }
+        W.logs = grown;
+        W.logs_cap = cap;
+    }
+    uint32_t l32 = (uint32_t)ll;
+    W.logs[W.logs_len] = (char)clamp_level(level);
+    memcpy(W.logs + W.logs_len + 1, &l32, 4);
+    memcpy(W.logs + W.logs_len + 5, line, ll);
+    W.logs_len += 5 + ll;
+    if (!W.wake_pending && write_wake_locked() == 0) W.wake_pending = 1;
+    pthread_mutex_unlock(&W.mu);
+}
+
+size_t arn_take_logs(const char **out, unsigned long *dropped)
+{
+    ensure_process();
+    pthread_mutex_lock(&W.mu);
+    char *taken = W.logs;
+    size_t len = W.logs_len, cap = W.logs_cap;
+    W.logs = W.logs_back;
+    W.logs_cap = W.logs_back_cap;
+    W.logs_len = 0;
+    W.logs_back = taken;
+    W.logs_back_cap = cap;
+    *dropped = W.logs_dropped;
+    W.logs_dropped = 0;
+    pthread_mutex_unlock(&W.mu);
+    *out = taken;
+    return len;
+}
+
 void arn_set_log_level(int ngx_level)
 {
+    ensure_process();
     atomic_store(&g_ngx_log_level, ngx_level);
     ar_set_log_enabled(ngx_log_enabled);
     ar_set_logger(ngx_log_line);

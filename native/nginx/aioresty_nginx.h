@@ -104,11 +104,14 @@ AR_API long arn_outstanding(void);
 AR_API int arn_stats(char *buf, size_t len);
 
 /* The core's log lines (ar_log: aioresty's own and Python logging) go to
- * nginx's error log the way nginx writes it: "YYYY/MM/DD HH:MM:SS [level]
- * PID#TID: [aioresty] ..." on stderr, which nginx points at its error_log
- * file, keeping the levels at or above ngx_level (the error_log's filter,
- * NGX_LOG_* numbering: 4 error, 5 warn, 6 notice, 7 info, 8 debug).  Any
- * thread may log afterwards: one write(2) per line. */
+ * nginx's error log: arn_set_log_level (Lua thread, before the first
+ * runtime loads) installs a logger that queues each line kept by ngx_level
+ * (the error_log's filter, NGX_LOG_* numbering: 4 error, 5 warn, 6 notice,
+ * 7 info, 8 debug) and wakes the worker; arn_take_logs (Lua thread) hands
+ * the queued records over - [level 0-3][uint32 length][bytes], valid until
+ * the next call - and how many lines were dropped (at most 1 MiB waits).
+ * Lines still queued when the worker exits go to stderr. */
+AR_API size_t arn_take_logs(const char **out, unsigned long *dropped);
 AR_API void arn_set_log_level(int ngx_level);
 
 #ifdef __cplusplus

@@ -45,8 +45,8 @@ def test_failed_calls_and_blocking_are_logged(nginx):
     semantics_cases.failed_calls_and_blocking_are_logged(call, log)
     # in nginx's own format and level, with the worker's pid
     assert re.search(
-        r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[warn\] \d+#\d+: \[aioresty\] aioresty.runtime "
-        r"\[aioresty:tests.apps.asyncapp\]: call 'no_such_handler' failed: rc=2",
+        r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[warn\] \d+#\d+: (?:\*\d+ )?\[aioresty\] "
+        r"aioresty.runtime \[aioresty:tests.apps.asyncapp\]: call 'no_such_handler' failed: rc=2",
         nginx.log(),
     ), nginx.log()[-2000:]
 
