@@ -172,10 +172,12 @@ static void *bridge_filter_new(void *cfg, void *fe)
     return f;
 }
 
-static env_headers_status bridge_request_headers(void *fe, void *fm, bool eos)
+/* The request side is the call; the local reply needs no response hooks. */
+static env_headers_status bridge_headers(void *fe, void *fm, ar_dir dir, bool eos)
 {
     bridge_filter *f = fm;
     env_buf qv = {NULL, 0}, mv = {NULL, 0};
+    if (dir != AR_DIR_REQUEST) return ENV_HEADERS_CONTINUE;
     f->fe = fe;
     /* :authority = the queue, :path = "/" method */
     envoy_dynamic_module_callback_http_get_header(fe, ENV_HDR_REQUEST, MB(":authority"), &qv, 0, NULL);
@@ -208,9 +210,10 @@ static env_headers_status bridge_request_headers(void *fe, void *fm, bool eos)
     return ENV_HEADERS_STOP_ITERATION;
 }
 
-static env_body_status bridge_request_body(void *fe, void *fm, bool eos)
+static env_body_status bridge_body(void *fe, void *fm, ar_dir dir, bool eos)
 {
     bridge_filter *f = fm;
+    if (dir != AR_DIR_REQUEST) return ENV_BODY_CONTINUE;
     f->fe = fe;
     if (!f->q) return ENV_BODY_STOP_NO_BUFFER;          /* already answered or posted */
     if (!eos) return ENV_BODY_STOP_BUFFER;
@@ -218,9 +221,10 @@ static env_body_status bridge_request_body(void *fe, void *fm, bool eos)
     return ENV_BODY_STOP_BUFFER;
 }
 
-static env_trailers_status bridge_request_trailers(void *fe, void *fm)
+static env_trailers_status bridge_trailers(void *fe, void *fm, ar_dir dir)
 {
     bridge_filter *f = fm;
+    if (dir != AR_DIR_REQUEST) return ENV_TRAILERS_CONTINUE;
     f->fe = fe;
     if (f->q) post_with_body(f);                        /* trailers end the request */
     return ENV_TRAILERS_STOP;
@@ -265,8 +269,8 @@ const ar_mode ar_mode_bridge = {
     .config_destroy = bridge_config_destroy,
     .filter_new = bridge_filter_new,
     .filter_destroy = bridge_filter_destroy,
-    .request_headers = bridge_request_headers,
-    .request_body = bridge_request_body,
-    .request_trailers = bridge_request_trailers,
+    .headers = bridge_headers,
+    .body = bridge_body,
+    .trailers = bridge_trailers,
     .scheduled = bridge_scheduled,
 };

@@ -23,6 +23,7 @@
 #define AIORESTY_ENVOY_MODE_H
 
 #include "envoy_abi.h"
+#include "stream.h"
 
 typedef struct ar_mode ar_mode;
 
@@ -42,12 +43,10 @@ struct ar_mode {
     void (*route_destroy)(void *route);
     void *(*filter_new)(void *cfg, void *fe);
     void (*filter_destroy)(void *f);
-    env_headers_status (*request_headers)(void *fe, void *f, bool eos);
-    env_body_status (*request_body)(void *fe, void *f, bool eos);
-    env_trailers_status (*request_trailers)(void *fe, void *f);
-    env_headers_status (*response_headers)(void *fe, void *f, bool eos);
-    env_body_status (*response_body)(void *fe, void *f, bool eos);
-    env_trailers_status (*response_trailers)(void *fe, void *f);
+    /* the headers, body and trailers hooks of either direction */
+    env_headers_status (*headers)(void *fe, void *f, ar_dir dir, bool eos);
+    env_body_status (*body)(void *fe, void *f, ar_dir dir, bool eos);
+    env_trailers_status (*trailers)(void *fe, void *f, ar_dir dir);
     void (*stream_complete)(void *fe, void *f);
     void (*scheduled)(void *fe, void *f, uint64_t event_id);
 };

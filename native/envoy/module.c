@@ -85,46 +85,60 @@ EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *f)
     if (f) mode_of(f)->filter_destroy((void *)f);
 }
 
-EXPORT env_headers_status envoy_dynamic_module_on_http_filter_request_headers(void *fe,
-    const void *f, bool eos)
+static env_headers_status headers(void *fe, const void *f, ar_dir dir, bool eos)
 {
     const ar_mode *m = mode_of(f);
-    return m->request_headers ? m->request_headers(fe, (void *)f, eos) : ENV_HEADERS_CONTINUE;
+    return m->headers ? m->headers(fe, (void *)f, dir, eos) : ENV_HEADERS_CONTINUE;
 }
 
-EXPORT env_body_status envoy_dynamic_module_on_http_filter_request_body(void *fe,
-    const void *f, bool eos)
+static env_body_status body(void *fe, const void *f, ar_dir dir, bool eos)
 {
     const ar_mode *m = mode_of(f);
-    return m->request_body ? m->request_body(fe, (void *)f, eos) : ENV_BODY_CONTINUE;
+    return m->body ? m->body(fe, (void *)f, dir, eos) : ENV_BODY_CONTINUE;
+}
+
+static env_trailers_status trailers(void *fe, const void *f, ar_dir dir)
+{
+    const ar_mode *m = mode_of(f);
+    return m->trailers ? m->trailers(fe, (void *)f, dir) : ENV_TRAILERS_CONTINUE;
+}
+
+EXPORT env_headers_status envoy_dynamic_module_on_http_filter_request_headers(void *fe,
+                                                                              const void *f,
+                                                                              bool eos)
+{
+    return headers(fe, f, AR_DIR_REQUEST, eos);
+}
+
+EXPORT env_body_status envoy_dynamic_module_on_http_filter_request_body(void *fe, const void *f,
+                                                                        bool eos)
+{
+    return body(fe, f, AR_DIR_REQUEST, eos);
 }
 
 EXPORT env_trailers_status envoy_dynamic_module_on_http_filter_request_trailers(void *fe,
-    const void *f)
+                                                                                const void *f)
 {
-    const ar_mode *m = mode_of(f);
-    return m->request_trailers ? m->request_trailers(fe, (void *)f) : ENV_TRAILERS_CONTINUE;
+    return trailers(fe, f, AR_DIR_REQUEST);
 }
 
 EXPORT env_headers_status envoy_dynamic_module_on_http_filter_response_headers(void *fe,
-    const void *f, bool eos)
+                                                                               const void *f,
+                                                                               bool eos)
 {
-    const ar_mode *m = mode_of(f);
-    return m->response_headers ? m->response_headers(fe, (void *)f, eos) : ENV_HEADERS_CONTINUE;
+    return headers(fe, f, AR_DIR_RESPONSE, eos);
 }
 
-EXPORT env_body_status envoy_dynamic_module_on_http_filter_response_body(void *fe,
-    const void *f, bool eos)
+EXPORT env_body_status envoy_dynamic_module_on_http_filter_response_body(void *fe, const void *f,
+                                                                         bool eos)
 {
-    const ar_mode *m = mode_of(f);
-    return m->response_body ? m->response_body(fe, (void *)f, eos) : ENV_BODY_CONTINUE;
+    return body(fe, f, AR_DIR_RESPONSE, eos);
 }
 
 EXPORT env_trailers_status envoy_dynamic_module_on_http_filter_response_trailers(void *fe,
-    const void *f)
+                                                                                 const void *f)
 {
-    const ar_mode *m = mode_of(f);
-    return m->response_trailers ? m->response_trailers(fe, (void *)f) : ENV_TRAILERS_CONTINUE;
+    return trailers(fe, f, AR_DIR_RESPONSE);
 }
 
 EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *fe, const void *f)

@@ -137,22 +137,44 @@ int ar_body_each(void *fe, ar_dir dir, void (*fn)(const env_buf *slice, void *ud
 }
 
 typedef struct {
-    char *dst;
-    size_t off, cap;
-} copy_ctx;
+    size_t skip, want;
+    void (*fn)(const env_buf *slice, void *ud);
+    void *ud;
+} range_ctx;
 
-static void copy_slice(const env_buf *s, void *ud)
+static void range_slice(const env_buf *s, void *ud)
 {
-    copy_ctx *c = ud;
-    size_t l = s->length < c->cap - c->off ? s->length : c->cap - c->off;
-    memcpy(c->dst + c->off, s->ptr, l);
-    c->off += l;
+    range_ctx *c = ud;
+    if (c->want == 0) return;
+    if (c->skip >= s->length) {
+        c->skip -= s->length;
+        return;
+    }
+    env_buf part = {s->ptr + c->skip, s->length - c->skip};
+    if (part.length > c->want) part.length = c->want;
+    c->skip = 0;
+    c->want -= part.length;
+    c->fn(&part, c->ud);
+}
+
+int ar_body_range(void *fe, ar_dir dir, size_t skip, size_t want,
+                  void (*fn)(const env_buf *slice, void *ud), void *ud)
+{
+    range_ctx c = {skip, want, fn, ud};
+    return ar_body_each(fe, dir, range_slice, &c);
+}
+
+static void append_slice(const env_buf *s, void *ud)
+{
+    char **w = ud;
+    memcpy(*w, s->ptr, s->length);
+    *w += s->length;
 }
 
 size_t ar_body_copy(void *fe, ar_dir dir, char *dst, size_t cap)
 {
-    copy_ctx c = {dst, 0, cap};
-    return ar_body_each(fe, dir, copy_slice, &c) == 0 ? c.off : SIZE_MAX;
+    char *w = dst;
+    return ar_body_range(fe, dir, 0, cap, append_slice, &w) == 0 ? (size_t)(w - dst) : SIZE_MAX;
 }
 
 int ar_body_one(void *fe, ar_dir dir, env_buf *one, size_t *total)

@@ -137,6 +137,10 @@ size_t ar_body_size(void *fe, ar_dir dir);
  * out-of-memory (fn may have run for some slices), else 0. */
 int ar_body_each(void *fe, ar_dir dir, void (*fn)(const env_buf *slice, void *ud), void *ud);
 
+/* As ar_body_each, for the bytes [skip, skip + want) of the body only. */
+int ar_body_range(void *fe, ar_dir dir, size_t skip, size_t want,
+                  void (*fn)(const env_buf *slice, void *ud), void *ud);
+
 /* Copies at most cap bytes of the body into dst: the number copied, or
  * SIZE_MAX on out-of-memory. */
 size_t ar_body_copy(void *fe, ar_dir dir, char *dst, size_t cap);

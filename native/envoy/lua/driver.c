@@ -197,8 +197,9 @@ static int resume_body_waiter(lm_filter *f)
     return resume(f, 1);
 }
 
-static env_headers_status headers_hook(void *fe, lm_filter *f, ar_dir dir, bool eos)
+static env_headers_status lm_headers(void *fe, void *fm, ar_dir dir, bool eos)
 {
+    lm_filter *f = fm;
     f->fe = fe;
     f->eos[dir] = eos;
     if (dir == AR_DIR_RESPONSE) {
@@ -225,8 +226,9 @@ static env_headers_status headers_hook(void *fe, lm_filter *f, ar_dir dir, bool 
     return finish_headers(f, start(f, dir, ref));
 }
 
-static env_body_status body_hook(void *fe, lm_filter *f, ar_dir dir, bool eos)
+static env_body_status lm_body(void *fe, void *fm, ar_dir dir, bool eos)
 {
+    lm_filter *f = fm;
     f->fe = fe;
     if (eos) f->eos[dir] = 1;
     if (f->replied) return ENV_BODY_STOP_NO_BUFFER;
@@ -235,8 +237,9 @@ static env_body_status body_hook(void *fe, lm_filter *f, ar_dir dir, bool eos)
     return ENV_BODY_STOP_BUFFER;                    /* waiting: buffer meanwhile */
 }
 
-static env_trailers_status trailers_hook(void *fe, lm_filter *f, ar_dir dir)
+static env_trailers_status lm_trailers(void *fe, void *fm, ar_dir dir)
 {
+    lm_filter *f = fm;
     f->fe = fe;
     f->eos[dir] = 1;                                /* trailers end the body */
     if (f->replied) return ENV_TRAILERS_STOP;
@@ -252,33 +255,6 @@ static env_trailers_status trailers_hook(void *fe, lm_filter *f, ar_dir dir)
         return ENV_TRAILERS_CONTINUE;
     }
     return ENV_TRAILERS_STOP;
-}
-
-/* ---- mode hooks ---- */
-
-static env_headers_status lm_request_headers(void *fe, void *fm, bool eos)
-{
-    return headers_hook(fe, fm, AR_DIR_REQUEST, eos);
-}
-static env_headers_status lm_response_headers(void *fe, void *fm, bool eos)
-{
-    return headers_hook(fe, fm, AR_DIR_RESPONSE, eos);
-}
-static env_body_status lm_request_body(void *fe, void *fm, bool eos)
-{
-    return body_hook(fe, fm, AR_DIR_REQUEST, eos);
-}
-static env_body_status lm_response_body(void *fe, void *fm, bool eos)
-{
-    return body_hook(fe, fm, AR_DIR_RESPONSE, eos);
-}
-static env_trailers_status lm_request_trailers(void *fe, void *fm)
-{
-    return trailers_hook(fe, fm, AR_DIR_REQUEST);
-}
-static env_trailers_status lm_response_trailers(void *fe, void *fm)
-{
-    return trailers_hook(fe, fm, AR_DIR_RESPONSE);
 }
 
 static void lm_scheduled(void *fe, void *fm, uint64_t ev)
@@ -342,11 +318,8 @@ const ar_mode ar_mode_lua = {
     .config_destroy = lm_config_destroy,
     .filter_new = lm_filter_new,
     .filter_destroy = lm_filter_destroy,
-    .request_headers = lm_request_headers,
-    .request_body = lm_request_body,
-    .request_trailers = lm_request_trailers,
-    .response_headers = lm_response_headers,
-    .response_body = lm_response_body,
-    .response_trailers = lm_response_trailers,
+    .headers = lm_headers,
+    .body = lm_body,
+    .trailers = lm_trailers,
     .scheduled = lm_scheduled,
 };

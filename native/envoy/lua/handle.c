@@ -195,26 +195,16 @@ static int l_log_warn(lua_State *L) { return handle_log(L, ENV_LOG_WARN); }
 static int l_log_err(lua_State *L) { return handle_log(L, ENV_LOG_ERROR); }
 static int l_log_critical(lua_State *L) { return handle_log(L, ENV_LOG_CRITICAL); }
 
-static int l_handle_metadata(lua_State *L)
+/* metadata(), streamInfo(), connection(): an object of the request */
+static int push_object(lua_State *L, const char *mt)
 {
-    lm_filter *f = check_handle(L, 1);
-    lm_push_ref(L, f, 0, MT_METADATA);
+    lm_push_ref(L, check_handle(L, 1), 0, mt);
     return 1;
 }
 
-static int l_handle_stream_info(lua_State *L)
-{
-    lm_filter *f = check_handle(L, 1);
-    lm_push_ref(L, f, 0, MT_STREAMINFO);
-    return 1;
-}
-
-static int l_handle_connection(lua_State *L)
-{
-    lm_filter *f = check_handle(L, 1);
-    lm_push_ref(L, f, 0, MT_CONNECTION);
-    return 1;
-}
+static int l_handle_metadata(lua_State *L) { return push_object(L, MT_METADATA); }
+static int l_handle_stream_info(lua_State *L) { return push_object(L, MT_STREAMINFO); }
+static int l_handle_connection(lua_State *L) { return push_object(L, MT_CONNECTION); }
 
 /* ---- aioresty_luamod.call(handle, queue_address, method, req, timeout_ms)
  * (timeout_ms <= 0 or absent: AR_DEFAULT_TIMEOUT_MS; every call is bounded)

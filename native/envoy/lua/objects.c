@@ -45,16 +45,41 @@ lm_ref *lm_push_ref(lua_State *L, lm_filter *f, int kind, const char *mt)
 
 /* ---- headers ---- */
 
-static int l_headers_get(lua_State *L)
+/* What every headers method works on: the object at 1, the name at 2. */
+typedef struct {
+    lm_filter *f;
+    env_header_type kind;
+    mod_buf key;
+} hdr_args;
+
+/* Checks the arguments 1 and 2 and `extra` more strings after them (the
+ * values of add/replace, returned in vals), then that the object is live. */
+static hdr_args headers_args(lua_State *L, int extra, mod_buf *vals)
 {
     lm_ref *r = luaL_checkudata(L, 1, MT_HEADERS);
-    size_t kl;
-    const char *k = luaL_checklstring(L, 2, &kl);
-    lm_filter *f = lm_live(L, r, "headers");
+    hdr_args h = {NULL, (env_header_type)r->kind, {NULL, 0}};
+    h.key.ptr = luaL_checklstring(L, 2, &h.key.length);
+    for (int i = 0; i < extra; i++) vals[i].ptr = luaL_checklstring(L, 3 + i, &vals[i].length);
+    h.f = lm_live(L, r, "headers");
+    return h;
+}
+
+/* Value i of the header (a borrowed slice; NULL when there is none); *n,
+ * unless NULL, the number of values. */
+static env_buf header_value(const hdr_args *h, size_t i, size_t *n)
+{
     env_buf v = {NULL, 0};
+    if (!envoy_dynamic_module_callback_http_get_header(h->f->fe, h->kind, h->key, &v, i, n))
+        v.ptr = NULL;
+    return v;
+}
+
+static int l_headers_get(lua_State *L)
+{
+    hdr_args h = headers_args(L, 0, NULL);
     size_t n = 0;
-    if (!envoy_dynamic_module_callback_http_get_header(f->fe, r->kind, (mod_buf){k, kl}, &v, 0, &n) ||
-        !v.ptr) {
+    env_buf v = header_value(&h, 0, &n);
+    if (!v.ptr) {
         lua_pushnil(L);
         return 1;
     }
@@ -67,9 +92,8 @@ static int l_headers_get(lua_State *L)
     luaL_buffinit(L, &b);
     luaL_addlstring(&b, v.ptr, v.length);
     for (size_t i = 1; i < n; i++) {
-        env_buf w = {NULL, 0};
-        if (envoy_dynamic_module_callback_http_get_header(f->fe, r->kind, (mod_buf){k, kl}, &w, i,
-                                                          NULL) && w.ptr) {
+        env_buf w = header_value(&h, i, NULL);
+        if (w.ptr) {
             luaL_addchar(&b, ',');
             luaL_addlstring(&b, w.ptr, w.length);
         }
@@ -80,45 +104,30 @@ static int l_headers_get(lua_State *L)
 
 static int l_headers_get_at_index(lua_State *L)
 {
-    lm_ref *r = luaL_checkudata(L, 1, MT_HEADERS);
-    size_t kl;
-    const char *k = luaL_checklstring(L, 2, &kl);
     lua_Integer i = luaL_checkinteger(L, 3);
-    lm_filter *f = lm_live(L, r, "headers");
-    env_buf v = {NULL, 0};
-    if (i < 0 || !envoy_dynamic_module_callback_http_get_header(f->fe, r->kind, (mod_buf){k, kl}, &v,
-                                                                (size_t)i, NULL) || !v.ptr)
-        lua_pushnil(L);
-    else
-        lua_pushlstring(L, v.ptr, v.length);
+    hdr_args h = headers_args(L, 0, NULL);
+    env_buf v = i < 0 ? (env_buf){NULL, 0} : header_value(&h, (size_t)i, NULL);
+    if (!v.ptr) lua_pushnil(L);
+    else lua_pushlstring(L, v.ptr, v.length);
     return 1;
 }
 
 static int l_headers_get_num_values(lua_State *L)
 {
-    lm_ref *r = luaL_checkudata(L, 1, MT_HEADERS);
-    size_t kl;
-    const char *k = luaL_checklstring(L, 2, &kl);
-    lm_filter *f = lm_live(L, r, "headers");
-    env_buf v = {NULL, 0};
+    hdr_args h = headers_args(L, 0, NULL);
     size_t n = 0;
-    if (!envoy_dynamic_module_callback_http_get_header(f->fe, r->kind, (mod_buf){k, kl}, &v, 0, &n))
-        n = 0;
+    env_buf v = {NULL, 0};
+    if (!envoy_dynamic_module_callback_http_get_header(h.f->fe, h.kind, h.key, &v, 0, &n)) n = 0;
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
 }
 
 static int headers_set(lua_State *L, int add)
 {
-    lm_ref *r = luaL_checkudata(L, 1, MT_HEADERS);
-    size_t kl, vl;
-    const char *k = luaL_checklstring(L, 2, &kl);
-    const char *v = luaL_checklstring(L, 3, &vl);
-    lm_filter *f = lm_live(L, r, "headers");
-    if (add)
-        envoy_dynamic_module_callback_http_add_header(f->fe, r->kind, (mod_buf){k, kl}, (mod_buf){v, vl});
-    else
-        envoy_dynamic_module_callback_http_set_header(f->fe, r->kind, (mod_buf){k, kl}, (mod_buf){v, vl});
+    mod_buf v;
+    hdr_args h = headers_args(L, 1, &v);
+    if (add) envoy_dynamic_module_callback_http_add_header(h.f->fe, h.kind, h.key, v);
+    else envoy_dynamic_module_callback_http_set_header(h.f->fe, h.kind, h.key, v);
     return 0;
 }
 
@@ -127,11 +136,8 @@ static int l_headers_replace(lua_State *L) { return headers_set(L, 0); }
 
 static int l_headers_remove(lua_State *L)
 {
-    lm_ref *r = luaL_checkudata(L, 1, MT_HEADERS);
-    size_t kl;
-    const char *k = luaL_checklstring(L, 2, &kl);
-    lm_filter *f = lm_live(L, r, "headers");
-    envoy_dynamic_module_callback_http_set_header(f->fe, r->kind, (mod_buf){k, kl}, (mod_buf){NULL, 0});
+    hdr_args h = headers_args(L, 0, NULL);
+    envoy_dynamic_module_callback_http_set_header(h.f->fe, h.kind, h.key, (mod_buf){NULL, 0});
     return 0;
 }
 
@@ -175,24 +181,9 @@ static int l_headers_pairs(lua_State *L)
 
 /* ---- bodies (what Envoy buffered, then the slice being received) ---- */
 
-typedef struct {
-    luaL_Buffer *b;
-    size_t skip, want;
-} range_ctx;
-
 static void add_range(const env_buf *s, void *ud)
 {
-    range_ctx *c = ud;
-    if (c->want == 0) return;
-    if (c->skip >= s->length) {
-        c->skip -= s->length;
-        return;
-    }
-    size_t l = s->length - c->skip;
-    if (l > c->want) l = c->want;
-    luaL_addlstring(c->b, s->ptr + c->skip, l);
-    c->skip = 0;
-    c->want -= l;
+    luaL_addlstring(ud, s->ptr, s->length);
 }
 
 static int l_body_length(lua_State *L)
@@ -216,8 +207,8 @@ static int l_body_get_bytes(lua_State *L)
         return luaL_error(L, "index/length must be >= 0 and (index + length) must be <= buffer size");
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    range_ctx c = {&b, (size_t)idx, (size_t)len};
-    if (ar_body_each(f->fe, r->kind, add_range, &c) != 0) return luaL_error(L, "out of memory");
+    if (ar_body_range(f->fe, r->kind, (size_t)idx, (size_t)len, add_range, &b) != 0)
+        return luaL_error(L, "out of memory");
     luaL_pushresult(&b);
     return 1;
 }
@@ -312,40 +303,27 @@ static int l_metadata_get(lua_State *L)
 
 /* ---- streamInfo() / connection() ---- */
 
-static void push_attr_string(lua_State *L, lm_filter *f, int id)
+/* The string attribute `id` of the object at 1 (a `what` of metatable mt),
+ * or nil. */
+static int push_attr(lua_State *L, const char *mt, const char *what, env_attribute_id id)
 {
+    lm_filter *f = LM_CHECK(L, 1, mt, what);
     env_buf v = {NULL, 0};
     if (envoy_dynamic_module_callback_http_filter_get_attribute_string(f->fe, id, &v) && v.ptr)
         lua_pushlstring(L, v.ptr, v.length);
     else
         lua_pushnil(L);
-}
-
-static int l_si_protocol(lua_State *L)
-{
-    lm_filter *f = LM_CHECK(L, 1, MT_STREAMINFO, "streamInfo");
-    push_attr_string(L, f, ENV_ATTR_REQUEST_PROTOCOL);
     return 1;
 }
 
-static int l_si_remote(lua_State *L)
-{
-    lm_filter *f = LM_CHECK(L, 1, MT_STREAMINFO, "streamInfo");
-    push_attr_string(L, f, ENV_ATTR_SOURCE_ADDRESS);
-    return 1;
-}
-
-static int l_si_local(lua_State *L)
-{
-    lm_filter *f = LM_CHECK(L, 1, MT_STREAMINFO, "streamInfo");
-    push_attr_string(L, f, ENV_ATTR_DESTINATION_ADDRESS);
-    return 1;
-}
+#define SI_ATTR(id) push_attr(L, MT_STREAMINFO, "streamInfo", (id))
+static int l_si_protocol(lua_State *L) { return SI_ATTR(ENV_ATTR_REQUEST_PROTOCOL); }
+static int l_si_remote(lua_State *L) { return SI_ATTR(ENV_ATTR_SOURCE_ADDRESS); }
+static int l_si_local(lua_State *L) { return SI_ATTR(ENV_ATTR_DESTINATION_ADDRESS); }
 
 static int l_si_sni(lua_State *L)
 {
-    lm_filter *f = LM_CHECK(L, 1, MT_STREAMINFO, "streamInfo");
-    push_attr_string(L, f, ENV_ATTR_CONNECTION_REQUESTED_SERVER_NAME);
+    SI_ATTR(ENV_ATTR_CONNECTION_REQUESTED_SERVER_NAME);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         lua_pushliteral(L, "");
@@ -369,9 +347,7 @@ static int l_conn_ssl(lua_State *L)
 
 static int l_ssl_tls_version(lua_State *L)
 {
-    lm_filter *f = LM_CHECK(L, 1, MT_SSL, "ssl");
-    push_attr_string(L, f, ENV_ATTR_CONNECTION_TLS_VERSION);
-    return 1;
+    return push_attr(L, MT_SSL, "ssl", ENV_ATTR_CONNECTION_TLS_VERSION);
 }
 
 /* __index of every object: the method, or a clear error naming what is not

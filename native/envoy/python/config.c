@@ -20,7 +20,7 @@
  * body) so a stream only pays for what is used.
  *
  * Threads: Envoy's main thread; the info query's sink runs on the runtime's
- * thread.  Ownership: the py_app inside a py_config / py_route holds a queue
+ * thread.  Ownership: the py_app inside a py_config (a filter's or a route's) holds a queue
  * reference and a spec copy, both freed by py_app_free in the destroy hook;
  * the info query's rendezvous is reference counted (waiter + sink).
  */
@@ -333,42 +333,34 @@ fail:
     return -1;
 }
 
-void *py_config_new(void *cfg_envoy, env_buf conf)
+/* A config of either kind (route: disabled is read). */
+static py_config *config_new(env_buf conf, int route)
 {
-    (void)cfg_envoy;
     py_config *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->base.mode = &ar_mode_python;
-    if (app_from_conf(&c->app, conf, NULL, "config") != 0) {
+    if (app_from_conf(&c->app, conf, route ? &c->disabled : NULL, route ? "route" : "config")) {
         free(c);
         return NULL;
     }
     return c;
 }
 
-void py_config_destroy(void *cfg)
+void *py_config_new(void *cfg_envoy, env_buf conf)
 {
-    py_config *c = cfg;
-    py_app_free(&c->app);
-    free(c);
+    (void)cfg_envoy;
+    return config_new(conf, 0);
 }
 
 void *py_route_new(env_buf conf)
 {
-    py_route *r = calloc(1, sizeof *r);
-    if (!r) return NULL;
-    r->base.mode = &ar_mode_python;
-    if (app_from_conf(&r->app, conf, &r->disabled, "route") != 0) {
-        free(r);
-        return NULL;
-    }
-    return r;
+    return config_new(conf, 1);
 }
 
-void py_route_destroy(void *route)
+void py_config_destroy(void *cfg)
 {
-    py_route *r = route;
-    py_app_free(&r->app);
-    r->base.mode = NULL;
-    free(r);
+    py_config *c = cfg;
+    py_app_free(&c->app);
+    c->base.mode = NULL;
+    free(c);
 }

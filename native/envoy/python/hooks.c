@@ -80,6 +80,9 @@ enum {
     ST_RESP_DONE,
     ST_LOCAL_REPLY,     /* we answered locally: nothing more to do */
 };
+/* the response side's state of a request side's one (BUFFERING, PENDING, DONE) */
+#define ST_OF(dir, req_state) \
+    ((dir) == AR_DIR_REQUEST ? (req_state) : (req_state) + ST_RESP_BUFFERING - ST_REQ_BUFFERING)
 
 typedef struct py_filter {
     ar_mode_base base;
@@ -99,7 +102,7 @@ static void local_reply(py_filter *f, uint32_t status, const char *code, const c
  * gone after this call). */
 static void phase_done(py_filter *f, ar_dir dir)
 {
-    f->state = dir == AR_DIR_REQUEST ? ST_REQ_DONE : ST_RESP_DONE;
+    f->state = ST_OF(dir, ST_REQ_DONE);
     ar_stream_continue(f->fe, dir);
 }
 
@@ -159,7 +162,7 @@ static int post_phase(py_filter *f, ar_dir dir, int with_body)
     rc = ar_call_post(&f->call, fe, f->app->q, method, strlen(method), w.p, w.len, ms);
     free(w.p);
     if (rc == AR_OK) {
-        f->state = dir == AR_DIR_REQUEST ? ST_REQ_PENDING : ST_RESP_PENDING;
+        f->state = ST_OF(dir, ST_REQ_PENDING);
         return 0;
     }
     w.p = NULL;
@@ -168,7 +171,7 @@ failed:
     ar_envoy_log(ENV_LOG_WARN, "aioresty: python filter '%s': cannot post (%s)", f->app->spec,
                  ar_post_error_code(rc));
     if (f->app->fail_open) {
-        f->state = dir == AR_DIR_REQUEST ? ST_REQ_DONE : ST_RESP_DONE;
+        f->state = ST_OF(dir, ST_REQ_DONE);
         return 1;  /* continue */
     }
     local_reply(f, 500, ar_post_error_code(rc), "aioresty filter unavailable\n");
@@ -179,7 +182,7 @@ failed:
 
 static const py_app *resolve_app(py_filter *f)
 {
-    const py_route *r = envoy_dynamic_module_callback_get_most_specific_route_config(f->fe);
+    const py_config *r = envoy_dynamic_module_callback_get_most_specific_route_config(f->fe);
     if (r && r->base.mode == &ar_mode_python) return r->disabled ? NULL : &r->app;
     return f->app;
 }
@@ -195,19 +198,6 @@ static void *py_filter_new(void *cfg, void *fe)
     return f;
 }
 
-/* The headers of `dir`: post now, or buffer the body first. */
-static env_headers_status headers_hook(py_filter *f, ar_dir dir, bool eos)
-{
-    const py_app *a = f->app;
-    int wants_body = dir == AR_DIR_REQUEST ? a->request_body : a->response_body;
-    if (wants_body && !eos) {
-        raise_buffer_limit(f->fe, a->body_limit);
-        f->state = dir == AR_DIR_REQUEST ? ST_REQ_BUFFERING : ST_RESP_BUFFERING;
-        return ENV_HEADERS_STOP_ITERATION;
-    }
-    return post_phase(f, dir, 0) > 0 ? ENV_HEADERS_CONTINUE : ENV_HEADERS_STOP_ITERATION;
-}
-
 /* A body chunk of `dir` while buffering it for the phase. */
 static env_body_status buffering_body(py_filter *f, ar_dir dir, bool eos)
 {
@@ -220,77 +210,56 @@ static env_body_status buffering_body(py_filter *f, ar_dir dir, bool eos)
     return post_phase(f, dir, 1) > 0 ? ENV_BODY_CONTINUE : ENV_BODY_STOP_BUFFER;
 }
 
-static env_headers_status py_request_headers(void *fe, void *fm, bool eos)
+/* The headers of `dir`: nothing to do, post now, or buffer the body first.
+ * The request's route picks the app (python_mode.h); a response is left
+ * alone after our local reply and while our request task is pending (Envoy
+ * answers locally meanwhile). */
+static env_headers_status py_headers(void *fe, void *fm, ar_dir dir, bool eos)
 {
     py_filter *f = fm;
     f->fe = fe;
-    f->app = resolve_app(f);
-    if (!f->app || !f->app->on_request) {
-        f->state = ST_REQ_DONE;
+    if (dir == AR_DIR_REQUEST) {
+        f->app = resolve_app(f);
+        if (!f->app || !f->app->on_request) {
+            f->state = ST_REQ_DONE;
+            return ENV_HEADERS_CONTINUE;
+        }
+    } else if (f->state == ST_LOCAL_REPLY || f->state >= ST_RESP_BUFFERING || f->call.task ||
+               !f->app || !f->app->on_response) {
         return ENV_HEADERS_CONTINUE;
     }
-    return headers_hook(f, AR_DIR_REQUEST, eos);
-}
-
-static env_body_status py_request_body(void *fe, void *fm, bool eos)
-{
-    py_filter *f = fm;
-    f->fe = fe;
-    switch (f->state) {
-    case ST_REQ_BUFFERING:
-        return buffering_body(f, AR_DIR_REQUEST, eos);
-    case ST_REQ_PENDING:
-        return ENV_BODY_STOP_BUFFER;  /* held until the answer */
-    case ST_LOCAL_REPLY:
-        return ENV_BODY_STOP_NO_BUFFER;
-    default:
-        return ENV_BODY_CONTINUE;
-    }
-}
-
-static env_trailers_status py_request_trailers(void *fe, void *fm)
-{
-    py_filter *f = fm;
-    f->fe = fe;
-    if (f->state == ST_REQ_BUFFERING)  /* trailers end the request */
-        return post_phase(f, AR_DIR_REQUEST, 1) > 0 ? ENV_TRAILERS_CONTINUE : ENV_TRAILERS_STOP;
-    if (f->state == ST_REQ_PENDING || f->state == ST_LOCAL_REPLY) return ENV_TRAILERS_STOP;
-    return ENV_TRAILERS_CONTINUE;
-}
-
-static env_headers_status py_response_headers(void *fe, void *fm, bool eos)
-{
-    py_filter *f = fm;
-    f->fe = fe;
     const py_app *a = f->app;
-    /* call.task: Envoy answers locally while our request task is pending */
-    if (f->state == ST_LOCAL_REPLY || f->state >= ST_RESP_BUFFERING || f->call.task || !a ||
-        !a->on_response)
-        return ENV_HEADERS_CONTINUE;
-    return headers_hook(f, AR_DIR_RESPONSE, eos);
-}
-
-static env_body_status py_response_body(void *fe, void *fm, bool eos)
-{
-    py_filter *f = fm;
-    f->fe = fe;
-    switch (f->state) {
-    case ST_RESP_BUFFERING:
-        return buffering_body(f, AR_DIR_RESPONSE, eos);
-    case ST_RESP_PENDING:
-        return ENV_BODY_STOP_BUFFER;
-    default:
-        return ENV_BODY_CONTINUE;
+    int wants_body = dir == AR_DIR_REQUEST ? a->request_body : a->response_body;
+    if (wants_body && !eos) {
+        raise_buffer_limit(fe, a->body_limit);
+        f->state = ST_OF(dir, ST_REQ_BUFFERING);
+        return ENV_HEADERS_STOP_ITERATION;
     }
+    return post_phase(f, dir, 0) > 0 ? ENV_HEADERS_CONTINUE : ENV_HEADERS_STOP_ITERATION;
 }
 
-static env_trailers_status py_response_trailers(void *fe, void *fm)
+/* A body chunk of `dir`: buffered for the phase, held while it is pending.
+ * After our local reply the request body is dropped (the response is ours). */
+static env_body_status py_body(void *fe, void *fm, ar_dir dir, bool eos)
 {
     py_filter *f = fm;
     f->fe = fe;
-    if (f->state == ST_RESP_BUFFERING)
-        return post_phase(f, AR_DIR_RESPONSE, 1) > 0 ? ENV_TRAILERS_CONTINUE : ENV_TRAILERS_STOP;
-    if (f->state == ST_RESP_PENDING) return ENV_TRAILERS_STOP;
+    if (f->state == ST_OF(dir, ST_REQ_BUFFERING)) return buffering_body(f, dir, eos);
+    if (f->state == ST_OF(dir, ST_REQ_PENDING)) return ENV_BODY_STOP_BUFFER; /* until the answer */
+    if (f->state == ST_LOCAL_REPLY && dir == AR_DIR_REQUEST) return ENV_BODY_STOP_NO_BUFFER;
+    return ENV_BODY_CONTINUE;
+}
+
+/* Trailers of `dir` end its body: the buffered phase is posted now. */
+static env_trailers_status py_trailers(void *fe, void *fm, ar_dir dir)
+{
+    py_filter *f = fm;
+    f->fe = fe;
+    if (f->state == ST_OF(dir, ST_REQ_BUFFERING))
+        return post_phase(f, dir, 1) > 0 ? ENV_TRAILERS_CONTINUE : ENV_TRAILERS_STOP;
+    if (f->state == ST_OF(dir, ST_REQ_PENDING) ||
+        (f->state == ST_LOCAL_REPLY && dir == AR_DIR_REQUEST))
+        return ENV_TRAILERS_STOP;
     return ENV_TRAILERS_CONTINUE;
 }
 
@@ -428,14 +397,11 @@ const ar_mode ar_mode_python = {
     .config_new = py_config_new,
     .config_destroy = py_config_destroy,
     .route_new = py_route_new,
-    .route_destroy = py_route_destroy,
+    .route_destroy = py_config_destroy,
     .filter_new = py_filter_new,
     .filter_destroy = py_filter_destroy,
-    .request_headers = py_request_headers,
-    .request_body = py_request_body,
-    .request_trailers = py_request_trailers,
-    .response_headers = py_response_headers,
-    .response_body = py_response_body,
-    .response_trailers = py_response_trailers,
+    .headers = py_headers,
+    .body = py_body,
+    .trailers = py_trailers,
     .scheduled = py_scheduled,
 };

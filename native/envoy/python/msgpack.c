@@ -42,17 +42,18 @@ static void wb_be(wbuf *w, uint64_t v, int bytes)
     wb_put(w, b, (size_t)bytes);
 }
 
+/* A length header: tag t8 (none when 0), t16 or t32 and n in 1, 2 or 4 bytes. */
+static void len_header(wbuf *w, size_t n, unsigned char t8, unsigned char t16, unsigned char t32)
+{
+    int bytes = n < 256 && t8 ? 1 : n < 65536 ? 2 : 4;
+    wb_byte(w, bytes == 1 ? t8 : bytes == 2 ? t16 : t32);
+    wb_be(w, n, bytes);
+}
+
 void mp_array(wbuf *w, size_t n)
 {
-    if (n < 16) {
-        wb_byte(w, (unsigned char)(0x90 | n));
-    } else if (n < 65536) {
-        wb_byte(w, 0xdc);
-        wb_be(w, n, 2);
-    } else {
-        wb_byte(w, 0xdd);
-        wb_be(w, n, 4);
-    }
+    if (n < 16) wb_byte(w, (unsigned char)(0x90 | n));
+    else len_header(w, n, 0, 0xdc, 0xdd);
 }
 
 void mp_uint(wbuf *w, uint64_t v)
@@ -70,33 +71,14 @@ void mp_uint(wbuf *w, uint64_t v)
 
 void mp_str(wbuf *w, const char *s, size_t n)
 {
-    if (n < 32) {
-        wb_byte(w, (unsigned char)(0xa0 | n));
-    } else if (n < 256) {
-        wb_byte(w, 0xd9);
-        wb_be(w, n, 1);
-    } else if (n < 65536) {
-        wb_byte(w, 0xda);
-        wb_be(w, n, 2);
-    } else {
-        wb_byte(w, 0xdb);
-        wb_be(w, n, 4);
-    }
+    if (n < 32) wb_byte(w, (unsigned char)(0xa0 | n));
+    else len_header(w, n, 0xd9, 0xda, 0xdb);
     wb_put(w, s, n);
 }
 
 void mp_bin_header(wbuf *w, size_t n)
 {
-    if (n < 256) {
-        wb_byte(w, 0xc4);
-        wb_be(w, n, 1);
-    } else if (n < 65536) {
-        wb_byte(w, 0xc5);
-        wb_be(w, n, 2);
-    } else {
-        wb_byte(w, 0xc6);
-        wb_be(w, n, 4);
-    }
+    len_header(w, n, 0xc4, 0xc5, 0xc6);
 }
 
 

@@ -12,8 +12,8 @@
  *   python/msgpack.c the wire codec (msgpack.h)
  *
  * Ownership: a py_app (queue reference from ar_runtime_load, spec copy)
- * belongs to its py_config / py_route, freed in config_destroy / route
- * destroy (main thread).  Envoy keeps both alive for every stream using
+ * belongs to its py_config (a filter's or a route's), freed with it in
+ * py_config_destroy (main thread).  Envoy keeps both alive for every stream using
  * them, so a py_filter only borrows its app.
  */
 #ifndef AIORESTY_ENVOY_PYTHON_MODE_H
@@ -38,23 +38,17 @@ typedef struct py_app {
     uint32_t timeout_ms;
 } py_app;
 
+/* A filter config, or a per-route config (Envoy hands the route's back
+ * through get_most_specific_route_config; base.mode is &ar_mode_python). */
 typedef struct py_config {
     ar_mode_base base;
+    int disabled;            /* per route: the filter is off there (app unused) */
     py_app app;
 } py_config;
 
-/* A per-route config; its base.mode is &ar_mode_python, which tells it from
- * anything else Envoy could hand back as the route's config. */
-typedef struct py_route {
-    ar_mode_base base;
-    int disabled;
-    py_app app;              /* unused when disabled */
-} py_route;
-
 /* python/config.c (main thread) */
 void *py_config_new(void *cfg_envoy, env_buf conf);
-void py_config_destroy(void *cfg);
 void *py_route_new(env_buf conf);
-void py_route_destroy(void *route);
+void py_config_destroy(void *cfg);  /* either kind */
 
 #endif
