@@ -1,19 +1,24 @@
 """Envoy configuration for aioresty's Python HTTP filter (docs/filter.md).
 
 The filter is the dynamic module ``libaioresty_envoy.so`` in its ``python``
-mode; its ``filter_config`` names the App and the options::
+mode; its ``filter_config`` is JSON (as the ``lua`` mode's) naming the App
+and the options::
 
-    "pkg.module:app fail=closed body_limit=1048576 timeout=10"
+    {"app": "pkg.module:app", "fail": "closed", "body_limit": 1048576, "timeout": 10}
 
-Per route (``typed_per_filter_config``), ``"disabled"`` turns it off and
-``"app=pkg.other:app [options]"`` runs another App (or the same one with
-other options).  Functions here return plain dicts (JSON, which Envoy's YAML
-loader reads); ``envoy_config.environment()`` gives the environment Envoy
-needs (module search path, AIORESTY_LIB_PATH, PYTHONPATH).
+Per route (``typed_per_filter_config``), ``{"disabled": true}`` turns it off
+and ``{"app": "pkg.other:app", ...}`` runs another App (or the same one with
+other options).  The old ``"app=pkg.module:app fail=closed ..."`` token form
+is still read for one release; Envoy's log then warns with the JSON to write.
+
+Functions here return plain dicts (JSON, which Envoy's YAML loader reads);
+``envoy_config.environment()`` gives the environment Envoy needs (module
+search path, AIORESTY_LIB_PATH, PYTHONPATH).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .envoy_config import MODULE_NAME, _addr
@@ -36,21 +41,21 @@ def filter_config_string(
     timeout: float | None = None,
     disabled: bool = False,
 ) -> str:
-    """The module's filter_config text for an App spec and options."""
+    """The module's filter_config text (JSON) for an App spec and options."""
     if disabled:
-        return "disabled"
+        return json.dumps({"disabled": True})
     if not app or any(c.isspace() or c == ";" for c in app):
         raise ValueError(f"bad app spec {app!r}: expected 'pkg.module:app'")
-    parts = [f"app={app}", f"fail={'open' if fail_open else 'closed'}"]
+    config: dict[str, Any] = {"app": app, "fail": "open" if fail_open else "closed"}
     if body_limit is not None:
         if body_limit < 0:
             raise ValueError("body_limit must be >= 0")
-        parts.append(f"body_limit={int(body_limit)}")
+        config["body_limit"] = int(body_limit)
     if timeout is not None:
         if timeout < 0:
             raise ValueError("timeout must be >= 0 (0 = none)")
-        parts.append(f"timeout={timeout:g}")
-    return " ".join(parts)
+        config["timeout"] = timeout
+    return json.dumps(config)
 
 
 def python_filter(

@@ -44,32 +44,27 @@
  * Threads and ownership:
  *   - bridge_filter is created, used and freed on its worker thread only.
  *     What the runtime thread needs (the scheduler, the "destroyed" state)
- *     is the stream's ar_link (stream_link.h), reference counted between the
- *     filter and the posted task's completion sink.
+ *     is the stream's ar_link inside its ar_call (stream.h), reference
+ *     counted between the filter and the posted task's completion sink.
  *   - the ar_task: the host reference is owned by the worker side and
- *     released on the worker (`scheduled`, or destroy); the runtime's
- *     reference is the core's business.
- *   - body_buf (multi-slice request bodies) is malloc'ed and freed by the
- *     worker; ar_task_new copies it.
+ *     released on the worker (`scheduled`, or destroy through ar_call_end);
+ *     the runtime's reference is the core's business.
+ *   - the queue reference from ar_bridge_resolve is the filter's until the
+ *     post (a posted task holds its own) or destroy.
+ *   - a multi-slice request body is gathered into a malloc'ed buffer, freed
+ *     right after the post; ar_task_new copies it.
  */
-#include <errno.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "aioresty_core.h"
 #include "envoy_mode.h"
-#include "stream_link.h"
+#include "stream.h"
 
 #define HDR_RC "x-aioresty-rc"
 #define HDR_NIL "x-aioresty-nil"
-#define HDR_ERROR "x-aioresty-error"
-
-#define MB(s) ((mod_buf){(s), sizeof(s) - 1})
 
 typedef struct bridge_config {
     ar_mode_base base;
@@ -78,24 +73,15 @@ typedef struct bridge_config {
 typedef struct bridge_filter {
     ar_mode_base base;
     void *fe;                   /* Envoy's filter pointer */
-    ar_link *link;              /* the filter's reference; created at the post */
-    ar_task *task;              /* host reference; worker thread only */
-    ar_queue *q;                /* borrowed from the Lua caller for the call's duration */
+    ar_call call;               /* the one call of the stream (stream.h) */
+    ar_queue *q;                /* resolved at the headers; ours until the post */
     char method[AR_METHOD_MAX + 1];
     size_t method_len;
-    int posted;                 /* the task reached the queue; worker only */
 } bridge_filter;
-
-/* ------------------------------------------------------------ replies */
 
 static void reply_error(void *fe, uint32_t status, const char *code)
 {
-    mod_hdr h[] = {
-        {HDR_ERROR, sizeof(HDR_ERROR) - 1, code, strlen(code)},
-        {"content-type", 12, "text/plain", 10},
-    };
-    envoy_dynamic_module_callback_http_send_response(fe, status, h, 2, (mod_buf){code, strlen(code)},
-                                                     MB("aioresty_bridge_error"));
+    ar_reply_error(fe, status, code, code, "aioresty_bridge_error");
 }
 
 /* The filter's queue reference (from ar_bridge_resolve) ends here: posted,
@@ -124,81 +110,35 @@ static void bridge_refused(void *fe, uint32_t status, const char *code, const ch
     reply_error(fe, status, code);
 }
 
-/* Posts the task with the request bytes `req` (copied by the core). */
+/* Posts the task with the request bytes `req` (copied by the core); no
+ * timeout of the module's: the Lua caller's httpCall timeout resets the
+ * stream. */
 static void post_call(bridge_filter *f, const char *req, size_t req_len)
 {
-    ar_queue *q = f->q;                                 /* our reference, dropped below */
-    f->q = NULL;                                        /* not used past the post */
-    ar_task *t = NULL;
-    if (!f->link && !(f->link = ar_link_new(f->fe))) goto nomem;
-    t = ar_task_new(f->method, f->method_len, req, req_len, &ar_link_sink, f->link);
-    if (!t) goto nomem;
-    f->task = t;
-    int rc = ar_link_post(f->link, q, t);
-    ar_queue_unref(q);                                  /* a posted task holds its own */
-    if (rc == AR_OK) {
-        f->posted = 1;
-        return;
-    }
-    /* not posted: the sink never runs; the task is still only ours */
-    f->task = NULL;
-    ar_task_release(t);
-    reply_error(f->fe, 503, rc == AR_EFULL ? "full" : rc == AR_ECLOSED ? "closed" : "invalid");
-    return;
-nomem:
-    ar_queue_unref(q);
-    reply_error(f->fe, 503, "nomem");
+    int rc = ar_call_post(&f->call, f->fe, f->q, f->method, f->method_len, req, req_len, 0);
+    drop_queue(f);                                      /* a posted task holds its own */
+    if (rc != AR_OK) reply_error(f->fe, 503, ar_post_error_code(rc));
 }
 
 /* Reads the whole buffered request body and posts it. */
 static void post_with_body(bridge_filter *f)
 {
-    void *fe = f->fe;
-    static const int kinds[2] = {ENV_BODY_BUFFERED_REQUEST, ENV_BODY_RECEIVED_REQUEST};
-    env_buf one = {NULL, 0};
-    size_t nslices = 0, total = 0;
-    for (int k = 0; k < 2; k++) {
-        size_t n = envoy_dynamic_module_callback_http_get_body_chunks_size(fe, kinds[k]);
-        if (n == 0) continue;
-        if (n == 1 && nslices == 0) {
-            env_buf b[1];
-            if (envoy_dynamic_module_callback_http_get_body_chunks(fe, kinds[k], b)) one = b[0];
-        }
-        nslices += n;
-        total += envoy_dynamic_module_callback_http_get_body_size(fe, kinds[k]);
-    }
-    if (nslices <= 1 && one.length == total) {
+    env_buf one;
+    size_t total;
+    if (ar_body_one(f->fe, AR_DIR_REQUEST, &one, &total)) {
         post_call(f, one.ptr, one.length);              /* common case: no copy here */
         return;
     }
     /* several slices: gather them (owned here, freed below; the core copies) */
     char *buf = malloc(total ? total : 1);
-    if (!buf) {
+    size_t n = buf ? ar_body_copy(f->fe, AR_DIR_REQUEST, buf, total) : SIZE_MAX;
+    if (n == SIZE_MAX) {
+        free(buf);
         drop_queue(f);
-        reply_error(fe, 503, "nomem");
+        reply_error(f->fe, 503, "nomem");
         return;
     }
-    size_t off = 0;
-    for (int k = 0; k < 2; k++) {
-        size_t n = envoy_dynamic_module_callback_http_get_body_chunks_size(fe, kinds[k]);
-        if (n == 0) continue;
-        env_buf *v = calloc(n, sizeof *v);
-        if (!v) {
-            free(buf);
-            drop_queue(f);
-            reply_error(fe, 503, "nomem");
-            return;
-        }
-        if (envoy_dynamic_module_callback_http_get_body_chunks(fe, kinds[k], v)) {
-            for (size_t i = 0; i < n && off < total; i++) {
-                size_t l = v[i].length < total - off ? v[i].length : total - off;
-                memcpy(buf + off, v[i].ptr, l);
-                off += l;
-            }
-        }
-        free(v);
-    }
-    post_call(f, buf, off);
+    post_call(f, buf, n);
     free(buf);
 }
 
@@ -232,10 +172,12 @@ static void *bridge_filter_new(void *cfg, void *fe)
     return f;
 }
 
-static int bridge_request_headers(void *fe, void *fm, bool eos)
+/* The request side is the call; the local reply needs no response hooks. */
+static env_headers_status bridge_headers(void *fe, void *fm, ar_dir dir, bool eos)
 {
     bridge_filter *f = fm;
     env_buf qv = {NULL, 0}, mv = {NULL, 0};
+    if (dir != AR_DIR_REQUEST) return ENV_HEADERS_CONTINUE;
     f->fe = fe;
     /* :authority = the queue, :path = "/" method */
     envoy_dynamic_module_callback_http_get_header(fe, ENV_HDR_REQUEST, MB(":authority"), &qv, 0, NULL);
@@ -268,9 +210,10 @@ static int bridge_request_headers(void *fe, void *fm, bool eos)
     return ENV_HEADERS_STOP_ITERATION;
 }
 
-static int bridge_request_body(void *fe, void *fm, bool eos)
+static env_body_status bridge_body(void *fe, void *fm, ar_dir dir, bool eos)
 {
     bridge_filter *f = fm;
+    if (dir != AR_DIR_REQUEST) return ENV_BODY_CONTINUE;
     f->fe = fe;
     if (!f->q) return ENV_BODY_STOP_NO_BUFFER;          /* already answered or posted */
     if (!eos) return ENV_BODY_STOP_BUFFER;
@@ -278,9 +221,10 @@ static int bridge_request_body(void *fe, void *fm, bool eos)
     return ENV_BODY_STOP_BUFFER;
 }
 
-static int bridge_request_trailers(void *fe, void *fm)
+static env_trailers_status bridge_trailers(void *fe, void *fm, ar_dir dir)
 {
     bridge_filter *f = fm;
+    if (dir != AR_DIR_REQUEST) return ENV_TRAILERS_CONTINUE;
     f->fe = fe;
     if (f->q) post_with_body(f);                        /* trailers end the request */
     return ENV_TRAILERS_STOP;
@@ -288,11 +232,10 @@ static int bridge_request_trailers(void *fe, void *fm)
 
 static void bridge_scheduled(void *fe, void *fm, uint64_t id)
 {
-    (void)id;
     bridge_filter *f = fm;
-    ar_task *t = f->task;
-    if (!t || !ar_task_done(t)) return;
-    f->task = NULL;                 /* `t` is now this function's to release */
+    ar_task *t = NULL;
+    if (ar_call_event(&f->call, id, &t) != AR_EVENT_ANSWER) return;
+    /* `t` is now this function's to release */
     int rc = ar_task_rc(t);
     char rcs[16];
     int rcl = snprintf(rcs, sizeof rcs, "%d", rc);
@@ -315,13 +258,8 @@ static void bridge_filter_destroy(void *fm)
     bridge_filter *f = fm;
     if (!f) return;
     drop_queue(f);                                      /* never posted (reset early) */
-    if (f->link) ar_link_detach(f->link);               /* no commit after this point */
-    if (f->task) {
-        /* the waiter is gone (timeout, reset): tell the runtime, drop our ref */
-        if (f->posted && !ar_task_done(f->task)) ar_task_abort(f->task);
-        ar_task_release(f->task);
-    }
-    if (f->link) ar_link_unref(f->link);                /* the filter's reference */
+    /* the waiter is gone (timeout, reset): the runtime is told, our ref dropped */
+    ar_call_end(&f->call);
     free(f);
 }
 
@@ -331,8 +269,8 @@ const ar_mode ar_mode_bridge = {
     .config_destroy = bridge_config_destroy,
     .filter_new = bridge_filter_new,
     .filter_destroy = bridge_filter_destroy,
-    .request_headers = bridge_request_headers,
-    .request_body = bridge_request_body,
-    .request_trailers = bridge_request_trailers,
+    .headers = bridge_headers,
+    .body = bridge_body,
+    .trailers = bridge_trailers,
     .scheduled = bridge_scheduled,
 };

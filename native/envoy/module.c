@@ -1,40 +1,41 @@
 /*
- * module.c - libaioresty_envoy.so's entry points: every event hook Envoy
- * requires (ABI v0.2.0 of Envoy 1.40), dispatched to the filter mode chosen
- * by `filter_name` (envoy_mode.h).  No mode logic lives here.
+ * module.c - the hall of libaioresty_envoy.so: every event hook Envoy
+ * requires (ABI v0.2.0 of Envoy 1.40), per-route config hooks included,
+ * dispatched to the filter mode chosen by `filter_name` /
+ * `per_route_config_name` (envoy_mode.h).  No mode logic lives here.
+ *
+ * Threads: program init, the config and per-route config hooks run on
+ * Envoy's main thread; the filter hooks on the filter's worker thread.
+ * Ownership: what a mode's *_new returns is Envoy's until the matching
+ * *_destroy hook hands it back to the mode, which frees it.
  */
-#include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "envoy_mode.h"
-#include "stream_link.h"
-
-#define EXPORT __attribute__((visibility("default")))
+#include "stream.h"
 
 static const ar_mode *const g_modes[] = {&ar_mode_python, &ar_mode_bridge, &ar_mode_lua};
-
-void ar_envoy_log(int level, const char *fmt, ...)
-{
-    char b[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(b, sizeof b, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if ((size_t)n >= sizeof b) n = (int)sizeof b - 1;
-    envoy_dynamic_module_callback_log(level, (mod_buf){b, (size_t)n});
-}
+#define N_MODES (sizeof g_modes / sizeof *g_modes)
 
 static const ar_mode *mode_of(const void *p)
 {
     return ((const ar_mode_base *)p)->mode;
 }
 
+static const ar_mode *mode_named(env_buf name)
+{
+    for (size_t i = 0; i < N_MODES; i++) {
+        const char *mn = g_modes[i]->name;
+        if (name.length == strlen(mn) && memcmp(name.ptr, mn, name.length) == 0) return g_modes[i];
+    }
+    return NULL;
+}
+
 /* The core's log lines (aioresty_core.h ar_log) go to Envoy's log. */
 static void core_log(int level, const char *line)
 {
-    static const int to_envoy[] = {ENV_LOG_DEBUG, ENV_LOG_INFO, ENV_LOG_WARN, ENV_LOG_ERROR};
+    static const env_log_level to_envoy[] = {ENV_LOG_DEBUG, ENV_LOG_INFO, ENV_LOG_WARN,
+                                             ENV_LOG_ERROR};
     ar_envoy_log(to_envoy[level < 0 ? 0 : level > 3 ? 3 : level], "aioresty: %s", line);
 }
 
@@ -47,12 +48,9 @@ EXPORT const char *envoy_dynamic_module_on_program_init(void)
 EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *cfg_envoy, env_buf name,
                                                                   env_buf conf)
 {
-    for (size_t i = 0; i < sizeof g_modes / sizeof *g_modes; i++) {
-        const char *mn = g_modes[i]->name;
-        if (name.length == strlen(mn) && memcmp(name.ptr, mn, name.length) == 0)
-            return g_modes[i]->config_new(cfg_envoy, conf);
-    }
-    ar_envoy_log(ENV_LOG_ERROR, "aioresty: unknown filter_name '%.*s' (known: bridge)",
+    const ar_mode *m = mode_named(name);
+    if (m) return m->config_new(cfg_envoy, conf);
+    ar_envoy_log(ENV_LOG_ERROR, "aioresty: unknown filter_name '%.*s' (known: python, bridge, lua)",
                  (int)name.length, name.ptr);
     return NULL;
 }
@@ -60,6 +58,21 @@ EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *cfg_envo
 EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(const void *cfg)
 {
     if (cfg) mode_of(cfg)->config_destroy((void *)cfg);
+}
+
+EXPORT const void *envoy_dynamic_module_on_http_filter_per_route_config_new(env_buf name,
+                                                                            env_buf conf)
+{
+    const ar_mode *m = mode_named(name);
+    if (m && m->route_new) return m->route_new(conf);
+    ar_envoy_log(ENV_LOG_ERROR, "aioresty: per-route config '%.*s' unknown (known: python)",
+                 (int)name.length, name.ptr);
+    return NULL;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_per_route_config_destroy(const void *route)
+{
+    if (route) mode_of(route)->route_destroy((void *)route);
 }
 
 EXPORT const void *envoy_dynamic_module_on_http_filter_new(const void *cfg, void *fe)
@@ -72,40 +85,60 @@ EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *f)
     if (f) mode_of(f)->filter_destroy((void *)f);
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *fe, const void *f, bool eos)
+static env_headers_status headers(void *fe, const void *f, ar_dir dir, bool eos)
 {
     const ar_mode *m = mode_of(f);
-    return m->request_headers ? m->request_headers(fe, (void *)f, eos) : ENV_HEADERS_CONTINUE;
+    return m->headers ? m->headers(fe, (void *)f, dir, eos) : ENV_HEADERS_CONTINUE;
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_request_body(void *fe, const void *f, bool eos)
+static env_body_status body(void *fe, const void *f, ar_dir dir, bool eos)
 {
     const ar_mode *m = mode_of(f);
-    return m->request_body ? m->request_body(fe, (void *)f, eos) : ENV_BODY_CONTINUE;
+    return m->body ? m->body(fe, (void *)f, dir, eos) : ENV_BODY_CONTINUE;
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(void *fe, const void *f)
+static env_trailers_status trailers(void *fe, const void *f, ar_dir dir)
 {
     const ar_mode *m = mode_of(f);
-    return m->request_trailers ? m->request_trailers(fe, (void *)f) : ENV_TRAILERS_CONTINUE;
+    return m->trailers ? m->trailers(fe, (void *)f, dir) : ENV_TRAILERS_CONTINUE;
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_response_headers(void *fe, const void *f, bool eos)
+EXPORT env_headers_status envoy_dynamic_module_on_http_filter_request_headers(void *fe,
+                                                                              const void *f,
+                                                                              bool eos)
 {
-    const ar_mode *m = mode_of(f);
-    return m->response_headers ? m->response_headers(fe, (void *)f, eos) : ENV_HEADERS_CONTINUE;
+    return headers(fe, f, AR_DIR_REQUEST, eos);
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_response_body(void *fe, const void *f, bool eos)
+EXPORT env_body_status envoy_dynamic_module_on_http_filter_request_body(void *fe, const void *f,
+                                                                        bool eos)
 {
-    const ar_mode *m = mode_of(f);
-    return m->response_body ? m->response_body(fe, (void *)f, eos) : ENV_BODY_CONTINUE;
+    return body(fe, f, AR_DIR_REQUEST, eos);
 }
 
-EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(void *fe, const void *f)
+EXPORT env_trailers_status envoy_dynamic_module_on_http_filter_request_trailers(void *fe,
+                                                                                const void *f)
 {
-    const ar_mode *m = mode_of(f);
-    return m->response_trailers ? m->response_trailers(fe, (void *)f) : ENV_TRAILERS_CONTINUE;
+    return trailers(fe, f, AR_DIR_REQUEST);
+}
+
+EXPORT env_headers_status envoy_dynamic_module_on_http_filter_response_headers(void *fe,
+                                                                               const void *f,
+                                                                               bool eos)
+{
+    return headers(fe, f, AR_DIR_RESPONSE, eos);
+}
+
+EXPORT env_body_status envoy_dynamic_module_on_http_filter_response_body(void *fe, const void *f,
+                                                                         bool eos)
+{
+    return body(fe, f, AR_DIR_RESPONSE, eos);
+}
+
+EXPORT env_trailers_status envoy_dynamic_module_on_http_filter_response_trailers(void *fe,
+                                                                                 const void *f)
+{
+    return trailers(fe, f, AR_DIR_RESPONSE);
 }
 
 EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *fe, const void *f)
@@ -178,12 +211,4 @@ EXPORT void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_lo
     void *fe, const void *fm)
 {
     (void)fe, (void)fm;
-}
-
-/* ---- diagnostics for tests (callable from LuaJIT ffi on this .so) ---- */
-#include "aioresty_core.h"
-
-EXPORT long aioresty_envoy_tasks_alive(void)
-{
-    return ar_tasks_alive();
 }

@@ -1,10 +1,19 @@
-/* stream_link.c - see stream_link.h. */
+/*
+ * stream_link.c - the part of an Envoy stream shared with other threads
+ * (ar_link, stream.h) and the batching of runtime wakes per worker
+ * event-loop iteration.
+ *
+ * Threads: ar_link_new, ar_link_detach, ar_link_post and
+ * ar_link_flush_wakes run on the stream's worker thread; ref, unref, commit
+ * and the sink on any thread.  Ownership: a link is freed (and its
+ * scheduler deleted) by whoever drops the last reference (stream.h lists
+ * the holders).
+ */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#include "envoy_abi.h"
-#include "stream_link.h"
+#include "stream.h"
 
 struct ar_link {
     atomic_int refs;

@@ -1,5 +1,5 @@
-/* timeouts.c - see timeouts.h.  Moved here from luamod.c unchanged in
- * behaviour; pyfilter.c is the second user. */
+/* timeouts.c - the per-call timeout thread; see timeouts.h for who runs
+ * what and who frees what. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>

@@ -1,11 +1,11 @@
 /*
  * timeouts.h - the per-call timeouts of libaioresty_envoy.so: one
  * process-wide thread with a deadline-sorted list, shared by the modes that
- * arm timeouts on a stream (luamod.c: `runtime:method()` calls; pyfilter.c:
- * the host-side bound of a hook phase).
+ * arm timeouts on a stream (lua/: `runtime:method()` calls; python/: the
+ * host-side bound of a hook phase), armed through ar_call_post (stream.h).
  *
  * ar_timeout_add(l, ev, ms) commits event `ev` on the stream's link
- * (stream_link.h) after `ms`, unless ar_timeout_cancel(l, ev) came first.
+ * (stream.h) after `ms`, unless ar_timeout_cancel(l, ev) came first.
  * Ownership: an armed entry is malloc'ed here and holds its own link
  * reference (taken by ar_timeout_add).  Exactly one side frees both: the
  * thread after it fired (unref after the commit), or ar_timeout_cancel when
@@ -22,7 +22,7 @@
 
 #include <stdint.h>
 
-#include "stream_link.h"
+#include "stream.h"
 
 /* The bounded default of every runtime call of the module (ms): a Lua call
  * that passes no timeout (aioresty_luamod.call with 0) and a Python filter

@@ -24,7 +24,7 @@ async def echo(req: bytes) -> bytes:
     return req
 
 
-# the Python filter (native/envoy/pyfilter.c): /block/<seconds> blocks the loop
+# the Python filter (native/envoy/python/): /block/<seconds> blocks the loop
 filter_app = aioresty.App()
 
 

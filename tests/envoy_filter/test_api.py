@@ -154,12 +154,14 @@ def test_good_header_names_and_values() -> None:
 
 
 def test_filter_config_strings() -> None:
-    assert envoy_filters.filter_config_string("a.b:app") == "app=a.b:app fail=closed"
-    assert (
+    assert json.loads(envoy_filters.filter_config_string("a.b:app")) == {
+        "app": "a.b:app",
+        "fail": "closed",
+    }
+    assert json.loads(
         envoy_filters.filter_config_string("a:app", fail_open=True, body_limit=10, timeout=0.5)
-        == "app=a:app fail=open body_limit=10 timeout=0.5"
-    )
-    assert envoy_filters.filter_config_string(None, disabled=True) == "disabled"
+    ) == {"app": "a:app", "fail": "open", "body_limit": 10, "timeout": 0.5}
+    assert json.loads(envoy_filters.filter_config_string(None, disabled=True)) == {"disabled": True}
     with pytest.raises(ValueError):
         envoy_filters.filter_config_string("a b")
 
@@ -182,9 +184,12 @@ def test_cli_filter_config(capsys: pytest.CaptureFixture[str]) -> None:
     )
     entry = json.loads(capsys.readouterr().out)
     assert entry["typed_config"]["filter_name"] == "python"
-    assert entry["typed_config"]["filter_config"]["value"] == (
-        "app=pkg.m:app fail=open body_limit=4096 timeout=2"
-    )
+    assert json.loads(entry["typed_config"]["filter_config"]["value"]) == {
+        "app": "pkg.m:app",
+        "fail": "open",
+        "body_limit": 4096,
+        "timeout": 2,
+    }
     assert (
         cli_main(
             [
@@ -206,7 +211,6 @@ def test_cli_filter_config(capsys: pytest.CaptureFixture[str]) -> None:
         "typed_config"
     ]["route_config"]["virtual_hosts"][0]["routes"]
     assert routes[0]["match"]["prefix"] == "/health"
-    assert (
+    assert json.loads(
         routes[0]["typed_per_filter_config"]["aioresty.python"]["filter_config"]["value"]
-        == "disabled"
-    )
+    ) == {"disabled": True}

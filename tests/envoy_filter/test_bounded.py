@@ -1,5 +1,5 @@
 """The Python filter's phase is bounded by the module itself
-(native/envoy/pyfilter.c + timeouts.c): a hook that blocks its runtime's
+(native/envoy/python/hooks.c + timeouts.c): a hook that blocks its runtime's
 loop (time.sleep, tests/apps/stuckapp.py) cannot enforce `timeout=` from
 Python, so the module's timer (timeout + 250 ms) applies the failure policy."""
 

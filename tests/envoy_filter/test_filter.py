@@ -1,5 +1,5 @@
 """aioresty's async Python HTTP filter inside a real Envoy 1.40
-(native/envoy/pyfilter.c + aioresty/filters.py, apps in filterapp.py)."""
+(native/envoy/python/ + aioresty/filters.py, apps in filterapp.py)."""
 
 from __future__ import annotations
 

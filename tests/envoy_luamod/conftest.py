@@ -1,5 +1,5 @@
 """Helpers for the tests of aioresty's Envoy filter mode "lua" (LuaJIT inside
-libaioresty_envoy.so, native/envoy/luamod.c): the real stock Envoy 1.40 with
+libaioresty_envoy.so, native/envoy/lua/): the real stock Envoy 1.40 with
 the DynamicModuleFilter(filter_name "lua") inserted into the generated
 config.  Reuses tests.envoy.conftest (free ports, pid-based stop, bounded
 waits)."""
