@@ -108,7 +108,7 @@ class Headers(MutableMapping[str, str]):
         self._dirty.add(k)
 
     def __delitem__(self, key: str) -> None:
-        k = key.lower()
+        k = _check_name(key)
         if k not in self._d:
             raise KeyError(key)
         del self._d[k]
@@ -155,12 +155,20 @@ def _check_status(status: Any) -> int:
     return status
 
 
+# Message framing is Envoy's: a hook that set these could make the upstream or the
+# client read a different message than the one sent (request smuggling); set_body()
+# recomputes content-length.
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
 def _check_name(key: str) -> str:
     k = key.lower()
     if not _TOKEN(k):
         raise ValueError(
             f"invalid header name {key!r} (an RFC 9110 token: letters, digits, !#$%&'*+-.^_`|~)"
         )
+    if k in _FRAMING:
+        raise ValueError(f"{k} is Envoy's to set (message framing): use set_body(), which sets it")
     return k
 
 
@@ -291,7 +299,13 @@ class FilterResponse(_Message):
 
     @status.setter
     def status(self, value: int) -> None:
-        self._pseudo[":status"] = str(_check_status(value))
+        status = _check_status(value)
+        if status in (204, 304):  # the upstream's body (and its length) would still follow
+            raise ValueError(
+                f"a hook cannot turn a response into {status} (it has no body): return "
+                f"aioresty.Response({status}) instead"
+            )
+        self._pseudo[":status"] = str(status)
         self._pseudo_dirty = True
 
     def __repr__(self) -> str:
@@ -336,8 +350,17 @@ async def _info(app: Any) -> str:
     )
 
 
-def _handler(app: Any, method: str, timeout_ms: int) -> Handler:
-    """A Handler per (method, timeout): the runtime's timeout/abort machinery."""
+def _handler(app: Any, method: str, timeout_ms: Any) -> Handler:
+    """A Handler per (method, timeout): the runtime's timeout/abort machinery.
+    The module sends whole milliseconds (0: the app's timeout); anything else -
+    a Lua script posting __filter_* itself - is refused, so the cache stays as
+    small as the set of configured timeouts."""
+    if (
+        isinstance(timeout_ms, bool)
+        or not isinstance(timeout_ms, int)
+        or not 0 <= timeout_ms < 2**32
+    ):
+        raise ValueError(f"aioresty: bad filter timeout {timeout_ms!r}")
     key = (method, timeout_ms)
     h: Handler | None = app._filter_handlers.get(key)
     if h is None:
@@ -347,7 +370,8 @@ def _handler(app: Any, method: str, timeout_ms: int) -> Handler:
             codec="bytes",
             timeout=timeout_ms / 1000.0 if timeout_ms else app.timeout,
         )
-        app._filter_handlers[key] = h
+        if len(app._filter_handlers) < 64:  # configs have a handful of timeouts
+            app._filter_handlers[key] = h
     return h
 
 

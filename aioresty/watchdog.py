@@ -48,6 +48,9 @@ def unwatch(rt: Runtime) -> None:
 
 
 def _run() -> None:
+    from . import _native
+
+    _native.set_thread_name("ar-watchdog")  # else it shows as the runtime thread that made it
     while True:
         time.sleep(PERIOD)
         with _lock:

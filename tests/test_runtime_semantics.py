@@ -295,3 +295,17 @@ async def test_filter_client_runs_the_hooks_like_the_envoy_filter() -> None:
         assert boom.rc == 1 and "boom from the filter" in boom.error
         resp = await c.response(200, {"x-drop-me": "1"})
         assert resp.header("x-served-by") == "aioresty" and resp.header("x-drop-me") is None
+
+
+def test_a_hook_cannot_make_a_response_bodiless_or_reframe_it() -> None:
+    """resp.status = 204/304 would leave the upstream's body behind it, and a
+    content-length/transfer-encoding of the hook's would reframe the message."""
+    resp = aioresty.FilterResponse({":status": "200"}, aioresty.Headers(), None, False)
+    for code in (204, 304):
+        with pytest.raises(ValueError, match=f"cannot turn a response into {code}"):
+            resp.status = code
+    for name in ("content-length", "Transfer-Encoding"):
+        with pytest.raises(ValueError, match="is Envoy's to set"):
+            resp.headers[name] = "1"
+        with pytest.raises(ValueError, match="is Envoy's to set"):
+            del resp.headers[name]

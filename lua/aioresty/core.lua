@@ -26,7 +26,7 @@ void ar_runtime_unload(ar_queue *q);
 void ar_runtime_unload_all(void);
 int ar_runtime_path(ar_queue *q, char *out, size_t outlen);
 typedef struct ar_limits_t {
-    int method_max, answer_max, rc_too_large, default_max_queue;
+    int method_max, answer_max, rc_too_large, default_max_queue, default_timeout_ms;
 } ar_limits_t;
 void ar_limits(ar_limits_t *out);
 void ar_log(int level, const char *line);
@@ -54,10 +54,6 @@ local _M = {
     OK = 0, EFULL = -1, ECLOSED = -2, ENOMEM = -3, EINVAL = -4, ELOAD = -5,
     LOAD_GLOBAL = 1, LOAD_UNPIN = 2, LOAD_OPTIONS = 4,
     LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3,
-    -- the bounded default timeout (ms) of every runtime call, on every host
-    -- (resty_ffi.set_default_timeout changes it per Lua VM; the Envoy module's
-    -- C side has the same value: AR_DEFAULT_TIMEOUT_MS, native/envoy/timeouts.h)
-    DEFAULT_TIMEOUT_MS = 60000,
 }
 
 local function exists(path)
@@ -98,6 +94,9 @@ do
     _M.C.ar_limits(lim)
     _M.METHOD_MAX, _M.ANSWER_MAX = lim.method_max, lim.answer_max
     _M.RC_TOO_LARGE, _M.DEFAULT_MAX_QUEUE = lim.rc_too_large, lim.default_max_queue
+    -- the bounded default timeout (ms) of every runtime call, on every host
+    -- (resty_ffi.set_default_timeout changes it per Lua VM)
+    _M.DEFAULT_TIMEOUT_MS = lim.default_timeout_ms
 end
 
 return _M

@@ -1,5 +1,5 @@
 -- aioresty.envoy_luamod: the host adapter of resty_ffi inside aioresty's own
--- Envoy filter mode "lua" (libaioresty_envoy.so, native/envoy/luamod.c).
+-- Envoy filter mode "lua" (libaioresty_envoy.so, native/envoy/lua/).
 --
 -- There the coroutine can wait natively: aioresty_luamod.call (a C function
 -- of the module, present only in that mode's Lua states) posts the task to

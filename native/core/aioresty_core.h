@@ -202,15 +202,17 @@ AR_API int ar_runtime_path(ar_queue *q, char *out, size_t outlen);
  * core with rc AR_RC_TOO_LARGE and a message naming the method and the size
  * (aioresty apps report the same rc as their RC_BAD_RESULT).  A queue holds
  * at most max_queue waiting tasks, AR_DEFAULT_MAX_QUEUE unless loaded with
- * another. */
+ * another.  Every call of every host is bounded: AR_DEFAULT_TIMEOUT_MS when
+ * neither the call nor its runtime sets a timeout. */
 enum {
     AR_METHOD_MAX = 127,
     AR_ANSWER_MAX = 32 * 1024 * 1024,
     AR_RC_TOO_LARGE = 5,
     AR_DEFAULT_MAX_QUEUE = 65536,
+    AR_DEFAULT_TIMEOUT_MS = 60000,  /* a call's bound when nothing sets one */
 };
 typedef struct ar_limits_t {
-    int method_max, answer_max, rc_too_large, default_max_queue;
+    int method_max, answer_max, rc_too_large, default_max_queue, default_timeout_ms;
 } ar_limits_t;
 AR_API void ar_limits(ar_limits_t *out);
 

@@ -409,7 +409,8 @@ void ar_task_abort(ar_task *t)
 
 void ar_limits(ar_limits_t *out)
 {
-    *out = (ar_limits_t){AR_METHOD_MAX, AR_ANSWER_MAX, AR_RC_TOO_LARGE, AR_DEFAULT_MAX_QUEUE};
+    *out = (ar_limits_t){AR_METHOD_MAX, AR_ANSWER_MAX, AR_RC_TOO_LARGE, AR_DEFAULT_MAX_QUEUE,
+                         AR_DEFAULT_TIMEOUT_MS};
 }
 
 /* The text that replaces an answer over AR_ANSWER_MAX (malloc'ed, or NULL). */

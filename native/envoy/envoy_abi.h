@@ -68,6 +68,7 @@ typedef enum {
 } env_log_level;
 
 extern void envoy_dynamic_module_callback_log(env_log_level level, mod_buf msg);
+extern bool envoy_dynamic_module_callback_log_enabled(env_log_level level);
 
 /* ---- HTTP headers (envoy_dynamic_module_type_http_header_type) ---- */
 

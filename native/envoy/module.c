@@ -9,6 +9,7 @@
  * Ownership: what a mode's *_new returns is Envoy's until the matching
  * *_destroy hook hands it back to the mode, which frees it.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "envoy_mode.h"
@@ -31,16 +32,36 @@ static const ar_mode *mode_named(env_buf name)
     return NULL;
 }
 
-/* The core's log lines (aioresty_core.h ar_log) go to Envoy's log. */
+/* The core's log lines (aioresty_core.h ar_log: aioresty's and Python
+ * logging) go to Envoy's log, logger dynamic_modules, whole (a traceback is
+ * one line of many kilobytes); levels Envoy drops are not even formatted. */
+static env_log_level to_envoy(int level)
+{
+    static const env_log_level map[] = {ENV_LOG_DEBUG, ENV_LOG_INFO, ENV_LOG_WARN, ENV_LOG_ERROR};
+    return map[level < 0 ? 0 : level > 3 ? 3 : level];
+}
+
+static int core_log_enabled(int level)
+{
+    return envoy_dynamic_module_callback_log_enabled(to_envoy(level));
+}
+
 static void core_log(int level, const char *line)
 {
-    static const env_log_level to_envoy[] = {ENV_LOG_DEBUG, ENV_LOG_INFO, ENV_LOG_WARN,
-                                             ENV_LOG_ERROR};
-    ar_envoy_log(to_envoy[level < 0 ? 0 : level > 3 ? 3 : level], "aioresty: %s", line);
+    static const char prefix[] = "aioresty: ";
+    char small[4096];
+    size_t ll = strlen(line), n = sizeof prefix - 1 + ll;
+    char *buf = n <= sizeof small ? small : malloc(n);
+    if (!buf) return;
+    memcpy(buf, prefix, sizeof prefix - 1);
+    memcpy(buf + sizeof prefix - 1, line, ll);
+    envoy_dynamic_module_callback_log(to_envoy(level), (mod_buf){buf, n});
+    if (buf != small) free(buf);
 }
 
 EXPORT const char *envoy_dynamic_module_on_program_init(void)
 {
+    ar_set_log_enabled(core_log_enabled);
     ar_set_logger(core_log);
     return AR_ENVOY_ABI_VERSION;
 }

@@ -24,11 +24,10 @@
 
 #include "stream.h"
 
-/* The bounded default of every runtime call of the module (ms): a Lua call
- * that passes no timeout (aioresty_luamod.call with 0) and a Python filter
- * phase with `timeout=0`.  Same value as resty_ffi.lua's DEFAULT_TIMEOUT_MS
- * (lua/aioresty/core.lua); docs/luamod.md, docs/filter.md. */
-#define AR_DEFAULT_TIMEOUT_MS 60000
+/* The bounded default of every runtime call of the module - a Lua call that
+ * passes no timeout (aioresty_luamod.call with 0), a Python filter phase
+ * with `timeout=0` - is the core's AR_DEFAULT_TIMEOUT_MS (aioresty_core.h
+ * "Limits"), which resty_ffi reads too. */
 
 /* Any thread.  0 when armed (a new link reference is held), -1 when it could
  * not be armed (out of memory, no thread): nothing is held then. */

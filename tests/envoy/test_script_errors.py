@@ -59,3 +59,35 @@ def test_script_errors_fail_closed(envoy_factory, upstream: HttpUpstream, mode: 
     status, _, _ = env.request("GET", "/open")
     assert status == 200 and upstream.hits("/open") == 1
     assert "boom in the script" in env.log() and "boom after a call: x" in env.log()
+
+
+def test_lua_mode_respond_refuses_header_injection(envoy_factory) -> None:
+    """The lua mode's respond() takes RFC 9110 names and field values only: a
+    script copying request bytes into a reply header cannot split the response
+    (Envoy's stock Lua filter writes such values as they are)."""
+    split = (
+        'function envoy_on_request(h) h:respond({[":status"] = "200", '
+        '["x-a"] = "a\\r\\nx-injected: 1"}, "") end'
+    )
+    bad_name = (
+        'function envoy_on_request(h) h:respond({[":status"] = "200", ["x y"] = "1"}, "") end'
+    )
+    info = 'function envoy_on_request(h) h:respond({[":status"] = "100"}, "") end'
+    user = {
+        "lua_mode": "module",
+        "lua": {"split": {"inline": split}, "name": {"inline": bad_name}, "info": {"inline": info}},
+        "routes": [
+            {"prefix": "/split", "lua": "split"},
+            {"prefix": "/name", "lua": "name"},
+            {"prefix": "/info", "lua": "info"},
+        ],
+    }
+    env = envoy_factory(user)
+    for path in ("/split", "/name", "/info"):
+        status, headers, body = env.request("GET", path)
+        assert (status, body) == (500, b"lua script error\n"), (path, status, headers, body)
+        assert "x-injected" not in headers
+    log = env.log()
+    assert "header values must not contain control characters" in log
+    assert "header names must be RFC 9110 tokens" in log
+    assert "a :status of 200-599 is required" in log

@@ -34,6 +34,10 @@ def _hygiene(req: FilterRequest, case: str) -> None:
         raise aioresty.HandlerError("unused")
     elif case == "status-100":
         aioresty.Response(100)
+    elif case == "content-length":  # would let the upstream read a shorter request
+        req.headers["content-length"] = "1"
+    elif case == "transfer-encoding":
+        req.headers.add("transfer-encoding", "chunked")
 
 
 def _note(msg: str) -> None:

@@ -129,6 +129,8 @@ def test_broken_hook_answers_apply_the_fail_policy(envoy: FilterEnvoy) -> None:
         ("del-value", "invalid header value 'a\\x7fb'"),
         ("tab-path", "invalid path '/a\\tb'"),
         ("status-100", "bad status 100"),
+        ("content-length", "content-length is Envoy's to set (message framing)"),
+        ("transfer-encoding", "transfer-encoding is Envoy's to set (message framing)"),
     ],
 )
 def test_output_hygiene_applies_the_fail_policy(
@@ -142,6 +144,19 @@ def test_output_hygiene_applies_the_fail_policy(
     assert (status, h["x-aioresty-error"]) == (500, "error")
     assert upstream.hits == before
     assert message in envoy.log()
+
+
+@pytest.mark.parametrize(
+    "raw", [b"get / HTTP/1.1\r\nhost: x\r\n\r\n", b"GET / HTTP/1.1\r\nx bad: 1\r\n\r\n"]
+)
+def test_envoys_own_400_goes_out_through_a_response_hook(envoy: FilterEnvoy, raw: bytes) -> None:
+    """A request Envoy cannot parse never reaches the filter: Envoy's 400 is sent
+    as it is, not held for an on_response hook while the stream is reset."""
+    with socket.create_connection(("127.0.0.1", envoy.port), timeout=5) as s:
+        s.sendall(raw)
+        s.settimeout(5)
+        head = s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 400 "), head
 
 
 @pytest.mark.parametrize("code", [204, 304, 200, 404])

@@ -65,6 +65,32 @@ static int l_handle_body_chunks(lua_State *L)
     return 1;
 }
 
+/* RFC 9110 field names (tokens) and values (no CTL but HTAB): the same rule
+ * as the Python filter's (aioresty/filters.py), so a script can never split
+ * a response with CR/LF or smuggle a NUL. */
+static int is_token(const char *k, size_t kl)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    if (!kl) return 0;
+    for (size_t i = 0; i < kl; i++) {
+        unsigned char c = (unsigned char)k[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c && strchr(extra, c))))
+            return 0;
+    }
+    return 1;
+}
+
+static int is_field_value(const char *v, size_t vl)
+{
+    for (size_t i = 0; i < vl; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) return 0;
+    }
+    return 1;
+}
+
+/* 0, or -1 bad :status, -3 bad name, -4 bad value (the name is left at kidx). */
 static int respond_header(lua_State *L, int kidx, int vidx, mod_hdr *out, char **w, size_t *n,
                           size_t *bytes, uint32_t *status)
 {
@@ -74,10 +100,12 @@ static int respond_header(lua_State *L, int kidx, int vidx, mod_hdr *out, char *
     if (kl == 7 && memcmp(k, ":status", 7) == 0) {
         char *end = NULL;
         long s = strtol(v, &end, 10);
-        if (end == v || *end || s < 100 || s > 999) return -1;
+        if (end == v || *end || s < 200 || s > 599) return -1;
         *status = (uint32_t)s;
         return 0;
     }
+    if (!is_token(k, kl)) return -3;
+    if (!is_field_value(v, vl)) return -4;
     if (out) {
         memcpy(*w, k, kl);
         out[*n].key_ptr = *w;
@@ -156,7 +184,11 @@ static int l_handle_respond(lua_State *L)
     int rc = respond_walk(L, NULL, NULL, &n, &bytes, &status);
     if (rc == -2) return luaL_error(L, "respond(): header names must be strings and values strings, "
                                        "numbers or tables of strings");
-    if (rc || status == 0) return luaL_error(L, "respond(): a valid :status header is required");
+    if (rc == -3) return luaL_error(L, "respond(): header names must be RFC 9110 tokens");
+    if (rc == -4)
+        return luaL_error(L, "respond(): header values must not contain control characters "
+                             "other than tab (CR, LF, NUL...)");
+    if (rc || status == 0) return luaL_error(L, "respond(): a :status of 200-599 is required");
     char *store = malloc(n * sizeof(mod_hdr) + bytes + bl + 1);
     if (!store) return luaL_error(L, "out of memory");
     mod_hdr *hd = (mod_hdr *)(void *)store;

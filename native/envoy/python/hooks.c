@@ -212,8 +212,8 @@ static env_body_status buffering_body(py_filter *f, ar_dir dir, bool eos)
 
 /* The headers of `dir`: nothing to do, post now, or buffer the body first.
  * The request's route picks the app (python_mode.h); a response is left
- * alone after our local reply and while our request task is pending (Envoy
- * answers locally meanwhile). */
+ * alone after our local reply, while our request task is pending (Envoy
+ * answers locally meanwhile), and when the request never came through. */
 static env_headers_status py_headers(void *fe, void *fm, ar_dir dir, bool eos)
 {
     py_filter *f = fm;
@@ -224,8 +224,11 @@ static env_headers_status py_headers(void *fe, void *fm, ar_dir dir, bool eos)
             f->state = ST_REQ_DONE;
             return ENV_HEADERS_CONTINUE;
         }
-    } else if (f->state == ST_LOCAL_REPLY || f->state >= ST_RESP_BUFFERING || f->call.task ||
-               !f->app || !f->app->on_response) {
+    } else if (f->state == ST_IDLE || f->state == ST_LOCAL_REPLY || f->state >= ST_RESP_BUFFERING ||
+               f->call.task || !f->app || !f->app->on_response) {
+        /* ST_IDLE: the request never reached the filter - Envoy answers a request
+         * it could not parse (400, 431) and resets the stream right after, so
+         * the reply must go out as it is, never wait for a hook */
         return ENV_HEADERS_CONTINUE;
     }
     const py_app *a = f->app;
