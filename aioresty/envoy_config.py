@@ -314,6 +314,13 @@ def environment(
     return env
 
 
+def uses_stock_lua(config: Any) -> bool:
+    """Whether an Envoy config runs Envoy's own Lua filter anywhere: only then
+    does it need the bridge pieces (merge_bridge)."""
+    text = json.dumps(config)
+    return "envoy.extensions.filters.http.lua.v3.Lua" in text or "envoy.filters.http.lua" in text
+
+
 def cluster_header_routes(config: Any) -> list[str]:
     """The header names of routes that take their cluster from a request header
     (``route.cluster_header``), anywhere in an Envoy config: a client can then

@@ -93,7 +93,13 @@ def python_per_route(
     timeout: float | None = None,
     name: str = FILTER_NAME,
 ) -> dict[str, Any]:
-    """A route's ``typed_per_filter_config``: disable the filter, or another App/options."""
+    """A route's ``typed_per_filter_config``: disable the filter, or another App/options.
+
+    Disabling is Envoy's generic per-route switch (``FilterConfig.disabled``: the
+    filter is skipped, the module is not even asked), never the deprecated
+    ``per_route_config_name``, which only another App or options need."""
+    if disabled:
+        return {name: {"@type": _T + "envoy.config.route.v3.FilterConfig", "disabled": True}}
     return {
         name: {
             "@type": _DM + "DynamicModuleFilterPerRoute",

@@ -91,9 +91,13 @@ class Supervisor:
             return ["-c", str(self._write(epoch, cfg))]
         parsed = cli.load_envoy(path)
         if parsed is None:  # YAML without PyYAML: Envoy merges the bridge pieces in
+            if not envoy_config.uses_stock_lua(Path(path).read_text()):
+                return ["-c", path]
             return ["-c", path, "--config-yaml", json.dumps(envoy_config.merge_bridge({}))]
         cli.warn_cluster_header(parsed, path)
-        return ["-c", str(self._write(epoch, envoy_config.merge_bridge(parsed)))]
+        if envoy_config.uses_stock_lua(parsed):  # the bridge only serves Envoy's Lua filter
+            parsed = envoy_config.merge_bridge(parsed)
+        return ["-c", str(self._write(epoch, parsed))]
 
     def _write(self, epoch: int, cfg: dict[str, Any]) -> Path:
         out = self.state / f"envoy-{epoch}.json"

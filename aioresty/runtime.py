@@ -512,16 +512,20 @@ def start(app: App, tq: int, name: str, config: dict[str, Any] | None = None) ->
 
     An App that has startup hooks or a config serves one runtime at a time: a
     second one would replace the first one's state (its clients belong to the
-    first loop)."""
+    first loop), so its reload right after an unload fails (fast: this runs on
+    the proxy's thread) until the old runtime has stopped; the registry retries
+    after its backoff.  An App without either starts at once, beside the old."""
     config = {} if config is None else config
     with _lock:
         other = next((rt for rt in _runtimes if rt.app is app), None)
-    if other is not None and _native.queue_closed(other.tq):
-        # unloaded and still running its shutdown: let it finish first (bounded)
-        other.join(2 * app.unload_grace + 5.0)
-        with _lock:
-            other = next((rt for rt in _runtimes if rt.app is app), None)
     if other is not None and (app._startup_hooks or config != app.config):
+        # Never wait for it here: a load runs on the proxy's worker thread.
+        if _native.queue_closed(other.tq):
+            raise RuntimeError(
+                f"app '{name}' is still shutting down its previous runtime '{other.name}' "
+                f"(unloaded, calls finishing within unload_grace={app.unload_grace}s): "
+                "load it again once that runtime has stopped"
+            )
         raise RuntimeError(
             f"app '{name}' is already served by runtime '{other.name}' in this process "
             "(an App with startup hooks or a config serves one runtime)"

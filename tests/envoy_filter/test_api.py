@@ -211,6 +211,8 @@ def test_cli_filter_config(capsys: pytest.CaptureFixture[str]) -> None:
         "typed_config"
     ]["route_config"]["virtual_hosts"][0]["routes"]
     assert routes[0]["match"]["prefix"] == "/health"
-    assert json.loads(
-        routes[0]["typed_per_filter_config"]["aioresty.python"]["filter_config"]["value"]
-    ) == {"disabled": True}
+    # Envoy's generic switch: no deprecated per_route_config_name, the module is not asked
+    assert routes[0]["typed_per_filter_config"]["aioresty.python"] == {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+        "disabled": True,
+    }

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aioresty import envoy_config
+from aioresty import envoy_config, envoy_filters
 from tests.envoy_filter.conftest import APP, FilterEnvoy, Upstream
 from tests.netutil import http_request
 
@@ -20,13 +20,35 @@ ROUTES: list[dict[str, Any]] = [
 AUTH = {"authorization": "Bearer ok"}
 
 
+def _routes(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes: list[dict[str, Any]] = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    return routes
+
+
+def _module_disabled(cfg: dict[str, Any]) -> None:
+    """The /off/ route in the module's own per-route form ({"disabled": true}),
+    instead of Envoy's generic FilterConfig switch the generator writes."""
+    off = _routes(cfg)[0]
+    assert off["typed_per_filter_config"] == {
+        "aioresty.python": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "disabled": True,
+        }
+    }
+    off["typed_per_filter_config"] = envoy_filters.python_per_route(APP)
+    envoy_filters_value = off["typed_per_filter_config"]["aioresty.python"]["filter_config"]
+    envoy_filters_value["value"] = json.dumps({"disabled": True})
+
+
 def _filter_configs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Every python-mode filter_config StringValue of cfg: the filter's, then the routes'."""
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     out = [hcm["typed_config"]["http_filters"][0]["typed_config"]["filter_config"]]
-    for r in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
+    for r in _routes(cfg):
         for per_route in r.get("typed_per_filter_config", {}).values():
-            out.append(per_route["filter_config"])
+            if "filter_config" in per_route:
+                out.append(per_route["filter_config"])
     return out
 
 
@@ -46,6 +68,8 @@ def _deprecation_lines(log: str) -> list[str]:
 def test_json_form(upstream: Upstream, tmp_path: Path) -> None:
     e = FilterEnvoy(tmp_path, upstream.port, body_limit=4096, routes=ROUTES)
     cfg = json.loads(e.config_path.read_text())
+    _module_disabled(cfg)
+    e.config_path.write_text(envoy_config.to_yaml(cfg))
     values = [json.loads(fc["value"]) for fc in _filter_configs(cfg)]
     assert values == [
         {"app": APP, "fail": "closed", "body_limit": 4096},
@@ -83,6 +107,7 @@ def test_json_form_rejects_unknown_keys(upstream: Upstream, tmp_path: Path) -> N
 def test_token_form_still_read_with_a_warning(upstream: Upstream, tmp_path: Path) -> None:
     e = FilterEnvoy(tmp_path, upstream.port, routes=ROUTES)
     cfg = json.loads(e.config_path.read_text())
+    _module_disabled(cfg)
     old = [f"{APP} fail=closed body_limit=65536", "disabled", f"app={APP} fail=open timeout=0.3"]
     for fc, value in zip(_filter_configs(cfg), old, strict=True):
         fc["value"] = value
