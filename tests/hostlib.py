@@ -86,7 +86,8 @@ class Host:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._err: list[str] = []
         threading.Thread(target=self._pump_out, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
+        self._err_thread = threading.Thread(target=self._pump_err, daemon=True)
+        self._err_thread.start()
 
     def _pump_out(self) -> None:
         assert self.proc.stdout is not None
@@ -143,6 +144,7 @@ class Host:
                 break
             last = line
         self.proc.wait(timeout)
+        self._err_thread.join(timeout)  # all of stderr read: .stderr is whole after close()
         return last
 
 
