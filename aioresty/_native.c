@@ -177,7 +177,10 @@ static PyObject *nat_unload(PyObject *self, PyObject *tq)
     (void)self;
     ar_queue *q = queue_arg(tq);
     if (!q) return NULL;
+    /* the registry lock: a load holds it while it waits for the GIL */
+    Py_BEGIN_ALLOW_THREADS
     ar_runtime_unload(q);
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 

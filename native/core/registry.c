@@ -408,7 +408,10 @@ int ar_runtime_path(ar_queue *q, char *out, size_t outlen)
     return rc;
 }
 
-/* Remove e from the list; g_lock held.  Returns 1 if it was registered. */
+/* Remove e from the list; g_lock held.  Returns 1 if it was registered.
+ * Lock order: g_lock, then the GIL (a load runs libffi_init under g_lock);
+ * so no Python thread may wait for g_lock while it holds the GIL
+ * (aioresty/_native.c releases it around every call that can). */
 static int unregister_locked(entry *e)
 {
     entry **pp;
@@ -450,13 +453,15 @@ void ar_runtime_unload_all(void)
     }
 }
 
+/* The queue's last reference is gone.  No lock: the registry holds a
+ * reference while the entry is registered, so here it is not, and no other
+ * thread can reach e.  (Taking g_lock here would invert the lock order for a
+ * runtime thread that drops the last reference while holding the GIL, since a
+ * load holds g_lock while it takes the GIL.) */
 void ar_registry_queue_freed(ar_queue *q)
 {
     entry *e = q->registry_entry;
     if (!e) return;
-    pthread_mutex_lock(&g_lock);
-    unregister_locked(e);
-    pthread_mutex_unlock(&g_lock);
     if (e->flags & AR_LOAD_UNPIN) dlclose(e->dl);
     free(e->key);
     free(e->path);
