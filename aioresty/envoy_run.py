@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from . import cli, envoy_config
+from . import cli, envoy_config, paths
 
 # Drain defaults unless the Envoy arguments set them (seconds)
 DRAIN_ARGS = {"--drain-time-s": "5", "--parent-shutdown-time-s": "10"}
@@ -43,9 +43,7 @@ def base_id(config: str | os.PathLike[str]) -> int:
 
 
 def state_dir(config: str | os.PathLike[str]) -> Path:
-    root = Path(os.environ.get("AIORESTY_STATE_DIR") or f"/tmp/aioresty-{os.getuid()}")
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    d = root / f"envoy-{base_id(config)}"
+    d = paths.state_dir() / f"envoy-{base_id(config)}"
     d.mkdir(mode=0o700, exist_ok=True)
     return d
 
@@ -244,12 +242,10 @@ def run(config: str, envoy_args: list[str], watch: bool) -> int:
 def reload(config: str) -> int:
     """SIGHUP to the supervisor running ``config``."""
     pidfile = state_dir(config) / "run.pid"
-    try:
-        pid = int(pidfile.read_text())
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError):
+    pid = paths.hup(pidfile)
+    if pid is None:
         raise cli.UsageError(
             f"no `aioresty envoy run {config}` is running (no live pid in {pidfile})"
-        ) from None
+        )
     print(f"aioresty: reload requested (supervisor pid {pid})", file=sys.stderr)
     return 0

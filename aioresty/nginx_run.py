@@ -303,18 +303,14 @@ def _serve(args: argparse.Namespace) -> int:
 def master_pidfile(conf: Path) -> Path:
     """Where `run` records the master of a config, for `reload`:
     $AIORESTY_STATE_DIR (default /tmp/aioresty-<uid>)/nginx-<crc of its path>.pid."""
-    root = Path(os.environ.get("AIORESTY_STATE_DIR") or f"/tmp/aioresty-{os.getuid()}")
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return root / f"nginx-{zlib.crc32(str(conf.resolve()).encode()):08x}.pid"
+    return paths.state_dir() / f"nginx-{zlib.crc32(str(conf.resolve()).encode()):08x}.pid"
 
 
 def reload(conf: str) -> int:
     """SIGHUP to the nginx master `run` started for conf: new workers, new Python."""
     pidfile = master_pidfile(Path(conf))
-    try:
-        pid = int(pidfile.read_text())
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError):
+    pid = paths.hup(pidfile)
+    if pid is None:
         print(
             f"aioresty nginx: no `aioresty nginx run {conf}` is running ({pidfile})",
             file=sys.stderr,
