@@ -28,11 +28,23 @@ def _setup() -> None:
     if _setup_done:
         return
     _setup_done = True
+    _whole_lines()
     logs.install()
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     for path in reversed(extra):
         if path not in sys.path:
             sys.path.insert(0, path)
+
+
+def _whole_lines() -> None:
+    """stdout/stderr write each line in one write(2).  The loader starts them
+    unbuffered (nothing is lost if the host exits), which makes ``print`` write
+    its text and its newline apart, so two workers' lines interleave in a
+    shared error log.  Line buffering keeps every complete line whole."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True, write_through=False)
 
 
 _failed: set[tuple[str, str]] = set()  # (what, last line) already logged with a traceback

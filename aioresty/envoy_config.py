@@ -433,9 +433,6 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
     listener = {
         "name": "aioresty_main",
         "address": _addr(user.get("listen", "127.0.0.1:8000")),
-        # a second Envoy on this address fails to bind instead of sharing the
-        # traffic (hot restart passes the socket to the next epoch anyway)
-        "enable_reuse_port": False,
         "filter_chains": [
             {
                 "filters": [

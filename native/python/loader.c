@@ -167,7 +167,7 @@ static int start_python(void)
     PyConfig_InitIsolatedConfig(&c);
     c.install_signal_handlers = 0;
     c.parse_argv = 0;
-    c.buffered_stdio = 0;              /* nothing is lost if the host exits */
+    c.buffered_stdio = 0;              /* nothing is lost if the host exits; _boot makes lines whole */
     c.site_import = 1;
     if (config_str(&c, &c.program_name, "aioresty") < 0) goto fail;
     /* sys.executable inside the venv: getpath finds pyvenv.cfg beside it,
