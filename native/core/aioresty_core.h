@@ -293,6 +293,92 @@ AR_API ar_queue *ar_bridge_resolve(const char *authority, size_t len, int *why);
  * Irreversible; any thread. */
 AR_API void ar_hosts_gone(void);
 
+/* ---------------------------------------------------------------------------
+ * 4. Metrics (metrics.c; docs/operations.md "Metrics")
+ *
+ * One process-wide table, the single source every exporter reads: the
+ * Envoy module copies it into Envoy stats, nginx renders it on its
+ * Prometheus endpoint (summed over workers), Python reads it too.  The core
+ * records every call itself: a post counts in calls_total (or in
+ * rejected_total when the queue refused it), its answer in answers_total by
+ * rc and in call_time_us (from the post to the respond, in microseconds);
+ * in_flight is posted minus answered.  Methods are labelled as called, up
+ * to AR_METRIC_METHODS distinct ones per runtime; later ones share the
+ * method "(other)".  The runtime label is the registry key up to its first
+ * blank ("aioresty&shop.handlers", "echo"), "" for ar_queue_new queues.
+ * Runtimes add their loop lag; applications add their own metrics
+ * (app_* families) through ar_metric_series.  Any thread.
+ * ------------------------------------------------------------------------ */
+
+enum { AR_METRIC_COUNTER = 0, AR_METRIC_GAUGE = 1, AR_METRIC_HISTOGRAM = 2 };
+enum {
+    AR_METRIC_METHODS = 64,      /* distinct method labels per runtime */
+    AR_METRIC_APP_SERIES = 1024, /* application series per process */
+    AR_METRIC_BUCKETS_MAX = 32,  /* histogram bounds (+Inf is implied) */
+    AR_METRIC_LABELS_MAX = 3,
+};
+
+/* The families, in a fixed order (ar_sample.family indexes this table).
+ * Exported names are "aioresty_" + name on Prometheus, "aioresty." + name
+ * in Envoy.  labels: the label names, in the order of ar_sample.values. */
+typedef struct ar_family {
+    const char *name;
+    int kind;                    /* AR_METRIC_* */
+    int nlabels;
+    const char *labels[AR_METRIC_LABELS_MAX];
+    const char *help;
+} ar_family;
+AR_API int ar_metric_families(const ar_family **out);   /* returns the count */
+
+/* The call histogram's bucket upper bounds in microseconds (ascending;
+ * +Inf is implied): *out points at a static table, the count is returned. */
+AR_API int ar_metric_call_bounds(const double **out);
+
+/* One series as an exporter sees it.  Every pointer is valid during the
+ * callback only.  Counters and gauges: `value`.  Histograms: counts[i] for
+ * bounds[i] (not cumulative), counts[nbounds] for +Inf, and `sum`. */
+typedef struct ar_sample {
+    int family;
+    const char *values[AR_METRIC_LABELS_MAX];
+    double value;
+    int nbounds;
+    const double *bounds;
+    const uint64_t *counts;
+    double sum;
+} ar_sample;
+typedef void (*ar_sample_fn)(const ar_sample *s, void *ud);
+
+/* Every series with its totals (counters and histograms since the process
+ * started or the runtime loaded; gauges as they are now). */
+AR_API void ar_metrics_each(ar_sample_fn fn, void *ud);
+
+/* As ar_metrics_each, but counters and histogram counts/sums are what was
+ * added since the previous ar_metrics_take (series without a change are
+ * skipped; gauges always come).  For the one exporter that needs deltas
+ * (the Envoy module); calls are serialised. */
+AR_API void ar_metrics_take(ar_sample_fn fn, void *ud);
+
+/* The table as Prometheus text (version 0.0.4) into out: the length the
+ * whole text needs (as snprintf; out holds a NUL-terminated prefix when cap
+ * is smaller). */
+AR_API size_t ar_metrics_prometheus(char *out, size_t cap);
+
+/* The runtime of q reports its event loop's lag (loop_lag_us). */
+AR_API void ar_queue_set_loop_lag(ar_queue *q, double us);
+
+/* An application series: family app_counter_total / app_gauge /
+ * app_histogram by kind, labels runtime (q's, "" when q is NULL), name and
+ * labels (the application's own "k=v,k=v" text).  Histograms take bounds
+ * (ascending, 1..AR_METRIC_BUCKETS_MAX).  The same arguments give the same
+ * handle.  Returns a handle >= 0, or -1 when the table is full
+ * (AR_METRIC_APP_SERIES), on a bad argument or out of memory. */
+AR_API int ar_metric_series(ar_queue *q, int kind, const char *name, const char *labels,
+                            const double *bounds, int nbounds);
+/* Counter: adds value (>= 0).  Gauge: adds value.  Histogram: observes it. */
+AR_API void ar_metric_add(int handle, double value);
+/* Gauge: sets it. */
+AR_API void ar_metric_set(int handle, double value);
+
 /* Diagnostics, for leak tests. */
 AR_API long ar_tasks_alive(void);
 AR_API long ar_queues_alive(void);
