@@ -449,6 +449,127 @@ static PyObject *nat_host_free(PyObject *self, PyObject *arg)
     Py_RETURN_TRUE;
 }
 
+/* ---- metrics (core section 4) ---- */
+
+/* metric_series(tq | 0, kind, name, labels, bounds) -> handle, -1 when refused */
+static PyObject *nat_metric_series(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    double bounds[AR_METRIC_BUCKETS_MAX];
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "metric_series(tq, kind, name, labels, bounds)");
+        return NULL;
+    }
+    void *q = PyLong_AsVoidPtr(args[0]);
+    if (!q && PyErr_Occurred()) return NULL;
+    int kind = (int)PyLong_AsLong(args[1]);
+    if (kind == -1 && PyErr_Occurred()) return NULL;
+    const char *name = PyUnicode_AsUTF8(args[2]);
+    const char *labels = name ? PyUnicode_AsUTF8(args[3]) : NULL;
+    if (!labels) return NULL;
+    PyObject *seq = PySequence_Fast(args[4], "bounds must be a sequence of numbers");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > AR_METRIC_BUCKETS_MAX) n = AR_METRIC_BUCKETS_MAX + 1;   /* refused below */
+    for (Py_ssize_t i = 0; i < n && i < AR_METRIC_BUCKETS_MAX; i++) {
+        bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (bounds[i] == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    return PyLong_FromLong(ar_metric_series(q, kind, name, labels, bounds, (int)n));
+}
+
+/* metric_add(handle, value) / metric_set(handle, value) */
+static PyObject *metric_update(PyObject *const *args, Py_ssize_t nargs, int set)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "metric_add/metric_set(handle, value)");
+        return NULL;
+    }
+    int h = (int)PyLong_AsLong(args[0]);
+    if (h == -1 && PyErr_Occurred()) return NULL;
+    double v = PyFloat_AsDouble(args[1]);
+    if (v == -1.0 && PyErr_Occurred()) return NULL;
+    if (set)
+        ar_metric_set(h, v);
+    else
+        ar_metric_add(h, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *nat_metric_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    return metric_update(args, nargs, 0);
+}
+
+static PyObject *nat_metric_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    return metric_update(args, nargs, 1);
+}
+
+/* set_loop_lag(tq, us) */
+static PyObject *nat_set_loop_lag(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_loop_lag(tq, us)");
+        return NULL;
+    }
+    ar_queue *q = queue_arg(args[0]);
+    if (!q) return NULL;
+    double us = PyFloat_AsDouble(args[1]);
+    if (us == -1.0 && PyErr_Occurred()) return NULL;
+    ar_queue_set_loop_lag(q, us);
+    Py_RETURN_NONE;
+}
+
+/* metrics_text() -> the process's table as Prometheus text */
+static PyObject *nat_metrics_text(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    size_t cap = 16384, need;
+    for (;;) {
+        char *buf = malloc(cap);
+        if (!buf) return PyErr_NoMemory();
+        Py_BEGIN_ALLOW_THREADS
+        need = ar_metrics_prometheus(buf, cap);
+        Py_END_ALLOW_THREADS
+        if (need < cap) {
+            PyObject *r = PyUnicode_DecodeUTF8(buf, (Py_ssize_t)need, "replace");
+            free(buf);
+            return r;
+        }
+        free(buf);
+        cap = need + 4096;                  /* it grew meanwhile: try again */
+    }
+}
+
+/* metric_call_bounds() -> the call histogram's bounds (microseconds) */
+static PyObject *nat_metric_call_bounds(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    const double *b;
+    int n = ar_metric_call_bounds(&b);
+    PyObject *t = PyTuple_New(n);
+    if (!t) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *v = PyFloat_FromDouble(b[i]);
+        if (!v) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
 static PyMethodDef methods[] = {
     {"queue_ref", nat_queue_ref, METH_O, "queue_ref(tq) -> keep the queue alive"},
     {"queue_unref", nat_queue_unref, METH_O, "queue_unref(tq) -> drop a queue_ref"},
@@ -467,6 +588,17 @@ static PyMethodDef methods[] = {
     {"log", (PyCFunction)(void (*)(void))nat_log, METH_FASTCALL,
      "log(level, line) -> one line into the proxy's log"},
     {"log_enabled", nat_log_enabled, METH_O, "log_enabled(level) -> the proxy keeps it"},
+    {"metric_series", (PyCFunction)(void (*)(void))nat_metric_series, METH_FASTCALL,
+     "metric_series(tq, kind, name, labels, bounds) -> handle (-1: refused)"},
+    {"metric_add", (PyCFunction)(void (*)(void))nat_metric_add, METH_FASTCALL,
+     "metric_add(handle, value) -> counter add / gauge add / histogram observe"},
+    {"metric_set", (PyCFunction)(void (*)(void))nat_metric_set, METH_FASTCALL,
+     "metric_set(handle, value) -> set a gauge"},
+    {"set_loop_lag", (PyCFunction)(void (*)(void))nat_set_loop_lag, METH_FASTCALL,
+     "set_loop_lag(tq, us) -> the runtime's event-loop lag"},
+    {"metrics_text", nat_metrics_text, METH_NOARGS, "metrics_text() -> Prometheus text"},
+    {"metric_call_bounds", nat_metric_call_bounds, METH_NOARGS,
+     "metric_call_bounds() -> the call histogram's bounds in microseconds"},
     {"host_new", nat_host_new, METH_NOARGS, "host_new() -> (host, fd): an in-process host"},
     {"host_post", (PyCFunction)(void (*)(void))nat_host_post, METH_FASTCALL,
      "host_post(host, tq, method, payload) -> task"},

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import msgpack
 
+from . import metrics
+
 Codec = Literal["bytes", "msgpack", "json"]
 CODECS = ("bytes", "msgpack", "json")
 HandlerFn = Callable[[Any], Coroutine[Any, Any, Any]]
@@ -212,6 +214,10 @@ class App:
         # Envoy HTTP filter hooks (aioresty/filters.py): phase -> hooks in order
         self._filter_hooks: dict[str, list[Any]] = {"request": [], "response": []}
         self._filter_handlers: dict[tuple[str, int], Handler] = {}
+        # the queue of the runtime serving this app (0: none); metrics.py labels
+        # series with its runtime.  The epoch changes with it (cached handles).
+        self._metrics_tq = 0
+        self._metrics_epoch = 0
 
     def handler(
         self,
@@ -257,6 +263,31 @@ class App:
         h = Handler(name=hname, fn=fn, codec=codec, timeout=t)
         self._handlers[hname] = h
         return h
+
+    # ------------------------------------------------------------- metrics
+    def counter(self, name: str, labels: tuple[str, ...] | list[str] = ()) -> metrics.Counter:
+        """A counter: ``c = app.counter("orders", labels=("kind",))``, then
+        ``c.inc(kind="book")`` (aioresty/metrics.py)."""
+        return metrics.Counter(self, name, labels, ())
+
+    def gauge(self, name: str, labels: tuple[str, ...] | list[str] = ()) -> metrics.Gauge:
+        """A gauge: ``g.set(3)``, ``g.inc()``, ``g.dec()``."""
+        return metrics.Gauge(self, name, labels, ())
+
+    def histogram(
+        self,
+        name: str,
+        labels: tuple[str, ...] | list[str] = (),
+        buckets: tuple[float, ...] | list[float] = metrics.DEFAULT_BUCKETS,
+    ) -> metrics.Histogram:
+        """A histogram: ``h.observe(12.5)``; ``buckets`` are the upper bounds
+        (1-32, increasing; the default suits milliseconds)."""
+        return metrics.Histogram(self, name, labels, metrics.check_buckets(name, buckets))
+
+    def _serve_metrics(self, tq: int) -> None:
+        """The runtime (runtime.py) that serves this app now: tq, or 0 when it ended."""
+        self._metrics_tq = tq
+        self._metrics_epoch += 1
 
     def on_startup(self, fn: Hook) -> Hook:
         """``@app.on_startup``: an ``async def`` run on the runtime's loop before

@@ -183,6 +183,7 @@ class Runtime:
         _native.set_thread_name(f"ar-{self.name}")
         loop = new_event_loop()
         self.loop = loop
+        self.app._serve_metrics(self.tq)  # before on_startup: hooks may record
         try:
             asyncio.set_event_loop(loop)
             loop.set_exception_handler(self._on_loop_error)
@@ -193,6 +194,7 @@ class Runtime:
         except BaseException as exc:
             self._error = exc
             self._close_loop(loop)
+            self._unserve_metrics()
             _native.queue_unref(self.tq)
             self._ready.set()
             return
@@ -257,6 +259,7 @@ class Runtime:
         watchdog.unwatch(self)
         self._close_loop(loop)
         _forget(self)
+        self._unserve_metrics()
         _native.queue_unref(self.tq)
         log.info("runtime '%s' stopped", self.name)
 
@@ -333,9 +336,17 @@ class Runtime:
             exc_info=info,
         )
 
+    def _unserve_metrics(self) -> None:
+        """Before tq may be freed: the app's metrics no longer name it."""
+        if self.app._metrics_tq == self.tq:
+            self.app._serve_metrics(0)
+
     def _beat(self) -> None:
-        """The loop's heartbeat (watchdog.py); ends a blocked episode."""
+        """The loop's heartbeat (watchdog.py); ends a blocked episode; reports
+        how late it ran as the runtime's loop_lag_us."""
         now = time.monotonic()
+        if self.beat:
+            _native.set_loop_lag(self.tq, max(0.0, now - self.beat - watchdog.PERIOD) * 1e6)
         if self.blocked_by is not None:
             log.warning(
                 "runtime '%s': the event loop runs again, %s held it for %.2fs",

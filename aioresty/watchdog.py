@@ -20,6 +20,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from . import _native
+
 if TYPE_CHECKING:
     from .runtime import Runtime
 
@@ -48,26 +50,27 @@ def unwatch(rt: Runtime) -> None:
 
 
 def _run() -> None:
-    from . import _native
 
     _native.set_thread_name("ar-watchdog")  # else it shows as the runtime thread that made it
     while True:
         time.sleep(PERIOD)
+        # under the lock: once unwatch() returned, no check uses rt (its tq)
         with _lock:
-            watched = list(_watched)
-        for rt in watched:
-            try:
-                _check(rt)
-            except Exception:  # never let the watchdog die
-                log.exception("watchdog: cannot check runtime '%s'", rt.name)
+            for rt in _watched:
+                try:
+                    _check(rt)
+                except Exception:  # never let the watchdog die
+                    log.exception("watchdog: cannot check runtime '%s'", rt.name)
 
 
 def _check(rt: Runtime) -> None:
-    limit = rt.app.blocking_warning
-    if limit is None or not rt.beat or rt.blocked_by is not None:
+    if not rt.beat:
         return
     held = time.monotonic() - rt.beat - PERIOD  # since the loop should have beaten
-    if held < limit:
+    if held > PERIOD:  # a stuck loop shows in loop_lag_us before it beats again
+        _native.set_loop_lag(rt.tq, held * 1e6)
+    limit = rt.app.blocking_warning
+    if limit is None or rt.blocked_by is not None or held < limit:
         return
     rt.blocked_by = rt.running()
     log.warning(

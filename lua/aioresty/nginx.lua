@@ -17,10 +17,11 @@
 -- client abort) calls arn_abort and forgets the task.
 --
 -- Public: _M.call (used by resty_ffi.lua), _M.check_process, _M.abort_request,
--- _M.configure, _M.stats.
+-- _M.configure, _M.metrics, _M.stats.
 
 local ffi = require "ffi"
 local semaphore = require "ngx.semaphore"
+local metrics = require "aioresty.nginx_metrics"
 
 local ffi_new = ffi.new
 local ffi_string = ffi.string
@@ -352,6 +353,7 @@ local function start()
     end
     running = true
     ngx_log(NOTICE, "aioresty: wake loop started in worker ", worker_pid())
+    metrics.start()
     return true
 end
 
@@ -528,6 +530,10 @@ function _M.configure(opts)
     end
     return true
 end
+
+-- content_by_lua: the Prometheus text of every worker's runtimes, summed
+-- (needs `lua_shared_dict aioresty_metrics 1m;`; aioresty/nginx_metrics.lua).
+_M.metrics = metrics.serve
 
 -- Diagnostics: a one-line summary for logs and tests.
 function _M.stats()

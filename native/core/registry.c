@@ -349,6 +349,7 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
         goto fail;
     }
     if (!g_pid) g_pid = getpid();
+    ar_stats_set_runtime(q, key);
     int rc = init(cfg_copy, q);
     free(cfg_copy);
     if (rc != 0) {

@@ -37,6 +37,8 @@ struct ar_task {
     size_t rsp_len;
     const ar_sink *sink;
     void *host_data;
+    ar_method_stats *stats;  /* metrics.c: set at post (NULL: not counted) */
+    uint64_t t0;            /* the post's CLOCK_MONOTONIC, ns */
     char *method;           /* points into `buf` */
     size_t method_len;
     char *req;              /* points into `buf`, NUL-terminated */
@@ -143,6 +145,7 @@ ar_queue *ar_queue_create(int max_queue)
     q->tail = &q->head;
     /* one reference for the creator (the registry), one for the runtime side */
     atomic_init(&q->refs, 2);
+    ar_stats_queue_init(q);
     atomic_fetch_add(&g_queues_alive, 1);
     return q;
 }
@@ -189,6 +192,7 @@ void ar_queue_unref(ar_queue *q)
     if (!q || atomic_fetch_sub_explicit(&q->refs, 1, memory_order_acq_rel) != 1) return;
     /* Last reference: every posted task was freed (each holds a reference),
      * so the lists are empty. */
+    ar_stats_queue_fini(q);
     free(q->aborted);
     free(q->load_error);
     close(q->efd);
@@ -251,13 +255,17 @@ static int post(ar_queue *q, ar_task *t, int defer, int *wake_owed)
     if (!q || !t || t->where != W_NEW) return AR_EINVAL;
     pthread_mutex_lock(&q->mu);
     if (atomic_load(&q->closed)) {
+        ar_stats_rejected_locked(q, AR_ECLOSED);
         pthread_mutex_unlock(&q->mu);
         return AR_ECLOSED;
     }
     if (q->queued >= q->max_queue) {
+        ar_stats_rejected_locked(q, AR_EFULL);
         pthread_mutex_unlock(&q->mu);
         return AR_EFULL;
     }
+    t->stats = ar_stats_method_locked(q, t->method, t->method_len);
+    ar_stats_posted(t->stats, &t->t0);
     t->id = atomic_fetch_add(&g_next_id, 1);
     t->queue = q;
     ar_queue_ref(q);                        /* dropped when the task is freed */
@@ -455,6 +463,7 @@ void ngx_http_lua_ffi_respond(void *task, int rc, char *rsp, int rsp_len)
     t->rc = rc;
     t->rsp = rsp;
     t->rsp_len = len;
+    ar_stats_answered(t->stats, rc, t->t0);
     atomic_store_explicit(&t->done, 1, memory_order_release);
     /* after ar_hosts_gone no host code runs: the answer is stored, the
      * host's reference is never released (the process is exiting) */

@@ -110,6 +110,7 @@ class Nginx:
         workers: int = 2,
         init: str = "",
         init_worker: str = "",
+        listen: str = "",
     ) -> None:
         lua_path = f"{LUA_DIR}/?.lua;{TEST_LUA}/?.lua;{RESTY_CORE}/?.lua;;"
         extra = os.environ.get("AIORESTY_NGINX_EXTRA_LUA_PATH")  # local stand-ins
@@ -143,7 +144,7 @@ http {{
     }}
     {http}
     server {{
-        listen 127.0.0.1:{self.port};
+        listen 127.0.0.1:{self.port} {listen};
         {server}
     }}
 }}
