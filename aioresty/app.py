@@ -26,24 +26,25 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgpack
 
-from . import metrics
+from . import _native, metrics
 
 Codec = Literal["bytes", "msgpack", "json"]
 CODECS = ("bytes", "msgpack", "json")
 HandlerFn = Callable[[Any], Coroutine[Any, Any, Any]]
 Hook = Callable[[], Awaitable[None]]
 
-# rc values answered to Lua (ok == false, res_or_rc == rc, err == message).
-RC_ERROR = 1  # the handler raised
-RC_NO_METHOD = 2  # no handler for the called method
-RC_TIMEOUT = 3  # the handler ran longer than its timeout
-RC_BAD_REQUEST = 4  # the payload could not be decoded by the handler's codec
-RC_BAD_RESULT = 5  # the result could not be encoded
-RC_CANCELLED = 6  # the caller went away, or the runtime was shut down
+# rc values answered to Lua (ok == false, res_or_rc == rc, err == message);
+# their one source is native/core/aioresty_core.h (AR_RC_*).
+RC_ERROR: Final = _native.RC_ERROR  # the handler raised
+RC_NO_METHOD: Final = _native.RC_NO_METHOD  # no handler for the called method
+RC_TIMEOUT: Final = _native.RC_TIMEOUT  # the handler ran longer than its timeout
+RC_BAD_REQUEST: Final = _native.RC_BAD_REQUEST  # the payload could not be decoded
+RC_BAD_RESULT: Final = _native.RC_BAD_RESULT  # the result could not be encoded
+RC_CANCELLED: Final = _native.RC_CANCELLED  # the caller went away, or the runtime stopped
 
 DEFAULT_TIMEOUT = 30.0  # seconds a call may run unless the App or handler says otherwise
 
