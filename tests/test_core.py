@@ -12,7 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from aioresty.app import RC_BAD_RESULT
+from aioresty import RC_BAD_RESULT
 from tests import semantics_cases
 from tests.hostlib import CORE, Host, crc, parse_answer
 from tests.netutil import wait_until
