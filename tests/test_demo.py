@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
+from tests.democheck import check_demo_output
 from tests.hostlib import ROOT
 from tests.netutil import free_port
-
-
-def check_demo_output(stdout: str) -> None:
-    """What --check printed: the httpbin stand-in's JSON through the seed block,
-    the app's two answers (the exit code says the demo judged them right)."""
-    assert re.search(r'"url": "http://[^"]+/get"', stdout), stdout
-    assert "hello, envoy, from async Python" in stdout
-    assert "msgpack -> {'sum': 42}" in stdout
 
 
 def test_envoy_demo_check() -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from aioresty.cli import envoy_binary
+from tests.democheck import check_demo_output
 from tests.hostlib import LIB_DIR, ROOT, Host, host_env
 from tests.netutil import free_port
-from tests.test_demo import check_demo_output
 
 
 def test_fresh_venv_with_aioresty_installed(tmp_path: Path, testhost_exe: Path) -> None:
