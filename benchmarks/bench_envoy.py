@@ -106,41 +106,15 @@ function envoy_on_request(h)
 end
 """
 
-_T = "type.googleapis.com/"
-_HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_ROUTER = {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"}
 
 
 def listener(name: str, port: int, lua: str | None) -> dict[str, Any]:
-    filters = [envoy_config.lua_filter(default=lua)] if lua else []
-    filters.append({"name": "envoy.filters.http.router", "typed_config": _ROUTER})
     route = {
         "match": {"prefix": "/"},
         "direct_response": {"status": 200, "body": {"inline_string": PAYLOAD}},
     }
-    return {
-        "name": name,
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": _HCM,
-                            "stat_prefix": name,
-                            "route_config": {
-                                "virtual_hosts": [
-                                    {"name": name, "domains": ["*"], "routes": [route]}
-                                ]
-                            },
-                            "http_filters": filters,
-                        },
-                    }
-                ]
-            }
-        ],
-    }
+    filters = [envoy_config.lua_filter(default=lua)] if lua else []
+    return envoy_config.http_listener(name, [route], filters, f"127.0.0.1:{port}")
 
 
 def build(ports: dict[str, int], admin: int, sock: str) -> dict[str, Any]:

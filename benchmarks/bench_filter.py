@@ -57,11 +57,6 @@ APPS = {
     "auth": "tests.envoy_filter.filterapp:auth_app",
 }
 _T = "type.googleapis.com/"
-_HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_ROUTER = {
-    "name": "envoy.filters.http.router",
-    "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},
-}
 
 
 def addr(port: int) -> dict[str, Any]:
@@ -98,31 +93,7 @@ def front(
     return {
         "admin": {"address": addr(admin)},
         "static_resources": {
-            "listeners": [
-                {
-                    "name": "front",
-                    "address": addr(port),
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": _HCM,
-                                        "stat_prefix": "front",
-                                        "route_config": {
-                                            "virtual_hosts": [
-                                                {"name": "all", "domains": ["*"], "routes": routes}
-                                            ]
-                                        },
-                                        "http_filters": [*filters, _ROUTER],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
+            "listeners": [envoy_config.http_listener("front", routes, filters, addr(port))],
             "clusters": clusters,
         },
     }
