@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .envoy_config import MODULE_NAME, _addr
+from .envoy_config import _addr, module_config, stats_config
 
 FILTER_NAME = "aioresty.python"
 DEFAULT_BODY_LIMIT = 1024 * 1024
@@ -71,8 +71,7 @@ def python_filter(
         "name": name,
         "typed_config": {
             "@type": _DM + "DynamicModuleFilter",
-            # runtimes own threads: the module is never dlclose'd
-            "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
+            "dynamic_module_config": module_config(),
             "filter_name": "python",
             "filter_config": {
                 "@type": _T + "google.protobuf.StringValue",
@@ -103,7 +102,7 @@ def python_per_route(
     return {
         name: {
             "@type": _DM + "DynamicModuleFilterPerRoute",
-            "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
+            "dynamic_module_config": module_config(),
             "per_route_config_name": "python",
             "filter_config": {
                 "@type": _T + "google.protobuf.StringValue",
@@ -191,7 +190,10 @@ def build_filter_config(
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(upstream)}}]}],
         },
     }
-    config: dict[str, Any] = {"static_resources": {"listeners": [listener], "clusters": [cluster]}}
+    config: dict[str, Any] = {
+        "static_resources": {"listeners": [listener], "clusters": [cluster]},
+        "stats_config": stats_config(),
+    }
     if admin:
         config["admin"] = {"address": _addr(admin)}
     return config
