@@ -1,6 +1,7 @@
 """Build glue: every native library is built by native/Makefile as part of the
 Python build and installed inside the package (aioresty/_lib), next to the
-aioresty._native extension; the Lua files go to aioresty/_lua.
+aioresty._native extension; the Lua files go to aioresty/_lua, the demo's
+files (examples/envoy, examples/python) to aioresty/_examples.
 
 The build is for the interpreter running it (PYTHON=sys.executable): only the
 Python loader proper depends on it, built as libaioresty_python<X.Y>-<key>.so
@@ -33,6 +34,15 @@ class BuildWithNative(build_ext):
             lua = pkg / "_lua"
             shutil.rmtree(lua, ignore_errors=True)
             shutil.copytree(ROOT / "lua", lua)
+            # what `python -m aioresty.demo` runs, from an installed package
+            examples = pkg / "_examples"
+            shutil.rmtree(examples, ignore_errors=True)
+            for part in ("envoy", "python"):
+                shutil.copytree(
+                    ROOT / "examples" / part,
+                    examples / part,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                )
         for ext in self.extensions:
             ext.library_dirs.append(str(out))
         super().run()

@@ -1,17 +1,17 @@
 """aioresty: async Python handlers behind lua-resty-ffi's API, inside stock proxies."""
 
-from .app import (
+from .app import App
+from .filters import FilterRequest, FilterResponse, Headers, Response
+from .handler import (
     RC_BAD_REQUEST,
     RC_BAD_RESULT,
     RC_CANCELLED,
     RC_ERROR,
     RC_NO_METHOD,
     RC_TIMEOUT,
-    App,
     Handler,
     HandlerError,
 )
-from .filters import FilterRequest, FilterResponse, Headers, Response
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,8 @@ import traceback
 from typing import Any
 
 from . import _native, logs, runtime
-from .app import last_line, load_app, split_cfg
+from .app import load_app, split_cfg
+from .handler import last_line
 
 log = logging.getLogger("aioresty.boot")
 

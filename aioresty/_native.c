@@ -613,4 +613,22 @@ static struct PyModuleDef moddef = {
     methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&moddef); }
+/* The core's constants Python shares (aioresty_core.h is their one source). */
+PyMODINIT_FUNC PyInit__native(void)
+{
+    PyObject *m = PyModule_Create(&moddef);
+    if (!m) return NULL;
+    static const struct { const char *name; int value; } ints[] = {
+        {"RC_OK", AR_RC_OK}, {"RC_ERROR", AR_RC_ERROR}, {"RC_NO_METHOD", AR_RC_NO_METHOD},
+        {"RC_TIMEOUT", AR_RC_TIMEOUT}, {"RC_BAD_REQUEST", AR_RC_BAD_REQUEST},
+        {"RC_BAD_RESULT", AR_RC_BAD_RESULT}, {"RC_CANCELLED", AR_RC_CANCELLED},
+        {"METHOD_MAX", AR_METHOD_MAX}, {"ANSWER_MAX", AR_ANSWER_MAX},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        if (PyModule_AddIntConstant(m, ints[i].name, ints[i].value) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    return m;
+}

@@ -1,3 +1,13 @@
+RC_OK: int
+RC_ERROR: int
+RC_NO_METHOD: int
+RC_TIMEOUT: int
+RC_BAD_REQUEST: int
+RC_BAD_RESULT: int
+RC_CANCELLED: int
+METHOD_MAX: int
+ANSWER_MAX: int
+
 def queue_fd(tq: int, /) -> int: ...
 def queue_ref(tq: int, /) -> None: ...
 def queue_unref(tq: int, /) -> None: ...

@@ -21,142 +21,26 @@ import json
 import logging
 import os
 import sys
-import traceback
 import types
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
-import msgpack
+from . import filters, metrics
+from .handler import (
+    CODECS,
+    DEFAULT_TIMEOUT,
+    RC_NO_METHOD,
+    Codec,
+    Handler,
+    HandlerError,
+    HandlerFn,
+    check_timeout,
+)
 
-from . import metrics
-
-Codec = Literal["bytes", "msgpack", "json"]
-CODECS = ("bytes", "msgpack", "json")
-HandlerFn = Callable[[Any], Coroutine[Any, Any, Any]]
 Hook = Callable[[], Awaitable[None]]
 
-# rc values answered to Lua (ok == false, res_or_rc == rc, err == message).
-RC_ERROR = 1  # the handler raised
-RC_NO_METHOD = 2  # no handler for the called method
-RC_TIMEOUT = 3  # the handler ran longer than its timeout
-RC_BAD_REQUEST = 4  # the payload could not be decoded by the handler's codec
-RC_BAD_RESULT = 5  # the result could not be encoded
-RC_CANCELLED = 6  # the caller went away, or the runtime was shut down
-
-DEFAULT_TIMEOUT = 30.0  # seconds a call may run unless the App or handler says otherwise
-
 _UNSET: Any = object()
-
-
-def safe_text(text: str) -> bytes:
-    """UTF-8 that always encodes: lone surrogates become ``\\udcxx`` escapes."""
-    return text.encode("utf-8", "backslashreplace")
-
-
-def describe(exc: BaseException) -> str:
-    """``str(exc)``, or a placeholder when its ``__str__`` raises."""
-    try:
-        return str(exc)
-    except BaseException:
-        return f"<{type(exc).__name__}: str() failed>"
-
-
-def last_line(exc: BaseException) -> str:
-    """The last line of the exception's traceback (``ValueError: bad x``)."""
-    lines = traceback.format_exception_only(type(exc), exc)
-    return lines[-1].strip() if lines else type(exc).__name__
-
-
-def _check_timeout(timeout: Any, what: str) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"{what} must be a positive number of seconds, got {timeout!r}")
-    if timeout == float("inf"):
-        raise ValueError(f"{what} must be finite: every call has a bounded timeout")
-    return float(timeout)
-
-
-class HandlerError(Exception):
-    """An answer with ``rc != 0``: raise it to choose the rc and the message."""
-
-    def __init__(self, message: str, rc: int = RC_ERROR) -> None:
-        if rc == 0:
-            raise ValueError("HandlerError needs a non-zero rc")
-        super().__init__(message)
-        self.rc = rc
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Handler:
-    name: str
-    fn: HandlerFn
-    codec: Codec
-    timeout: float
-    decode: Callable[[bytes], Any] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        dec = _identity if self.codec == "bytes" else self._decode
-        object.__setattr__(self, "decode", dec)
-
-    def _decode(self, payload: bytes) -> Any:
-        try:
-            if self.codec == "json":
-                return json.loads(payload)
-            return msgpack.unpackb(payload, raw=False)
-        except Exception as e:
-            raise HandlerError(
-                f"aioresty: '{self.name}' expects a {self.codec} payload: {e}", RC_BAD_REQUEST
-            ) from None
-
-    def encode(self, result: Any) -> bytes | None:
-        if self.codec == "json":
-            try:
-                return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
-            except (TypeError, ValueError) as e:
-                raise HandlerError(
-                    f"aioresty: '{self.name}' returned a value json cannot encode: {e}",
-                    RC_BAD_RESULT,
-                ) from None
-        if self.codec == "msgpack":
-            try:
-                return msgpack.packb(result, use_bin_type=True)  # type: ignore[no-any-return]
-            except Exception as e:
-                raise HandlerError(
-                    f"aioresty: '{self.name}' returned a value msgpack cannot pack: {e}",
-                    RC_BAD_RESULT,
-                ) from None
-        if result is None or isinstance(result, bytes):
-            return result
-        if isinstance(result, str):
-            try:
-                return result.encode()
-            except UnicodeEncodeError as e:
-                raise HandlerError(
-                    f"aioresty: '{self.name}' returned a str that is not valid UTF-8 ({e.reason} "
-                    f"at position {e.start})",
-                    RC_BAD_RESULT,
-                ) from None
-        if isinstance(result, (bytearray, memoryview)):
-            return bytes(result)
-        raise HandlerError(
-            f"aioresty: '{self.name}' returned {type(result).__name__}; return bytes or str, "
-            "or register it with codec='json' or codec='msgpack'",
-            RC_BAD_RESULT,
-        )
-
-
-def _identity(payload: bytes) -> bytes:
-    return payload
-
-
-def error_answer(handler: str, exc: BaseException) -> tuple[int, str]:
-    """The (rc, message) answered for an exception escaping a handler."""
-    if isinstance(exc, HandlerError):
-        msg = exc.message if isinstance(exc.message, str) else describe(exc)
-        return exc.rc, msg
-    return RC_ERROR, f"aioresty: handler '{handler}' raised {type(exc).__name__}: {describe(exc)}"
 
 
 def _check_level(level: int | str | None) -> int | None:
@@ -195,14 +79,14 @@ class App:
         failure_log_level: int | str | None = logging.WARNING,
         blocking_warning: float | None = 0.1,
     ) -> None:
-        self.timeout = _check_timeout(timeout, "App timeout")
+        self.timeout = check_timeout(timeout, "App timeout")
         self.unload_grace = unload_grace
-        self.startup_timeout = _check_timeout(startup_timeout, "App startup_timeout")
+        self.startup_timeout = check_timeout(startup_timeout, "App startup_timeout")
         self.failure_log_level = _check_level(failure_log_level)
         self.blocking_warning = (
             None
             if blocking_warning is None
-            else _check_timeout(blocking_warning, "blocking_warning")
+            else check_timeout(blocking_warning, "blocking_warning")
         )
         #: the JSON object after the app spec in the cfg string ({} without one)
         self.config: dict[str, Any] = {}
@@ -211,9 +95,8 @@ class App:
         self._handlers: dict[str, Handler] = {}
         self._startup_hooks: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
-        # Envoy HTTP filter hooks (aioresty/filters.py): phase -> hooks in order
-        self._filter_hooks: dict[str, list[Any]] = {"request": [], "response": []}
-        self._filter_handlers: dict[tuple[str, int], Handler] = {}
+        #: the Envoy HTTP filter hooks (aioresty/filters.py)
+        self.filters = filters.FilterChain(lambda: self.timeout)
         # the queue of the runtime serving this app (0: none); metrics.py labels
         # series with its runtime.  The epoch changes with it (cached handles).
         self._metrics_tq = 0
@@ -259,7 +142,7 @@ class App:
         hname = name or fn.__name__
         if hname.startswith("__"):
             raise ValueError(f"handler name {hname!r} is reserved (names starting with '__')")
-        t = self.timeout if timeout is _UNSET else _check_timeout(timeout, f"'{hname}' timeout")
+        t = self.timeout if timeout is _UNSET else check_timeout(timeout, f"'{hname}' timeout")
         h = Handler(name=hname, fn=fn, codec=codec, timeout=t)
         self._handlers[hname] = h
         return h
@@ -310,23 +193,34 @@ class App:
         FilterRequest and returns None (continue, with its changes) or a
         Response (local reply).  ``body=True`` buffers the request body.
         """
-        from .filters import register
-
-        return register(self, "request", fn, body)
+        return self.filters.register("request", fn, body)
 
     def on_response(self, fn: HandlerFn | None = None, *, body: bool = False) -> Any:
         """Register an Envoy filter hook for responses (FilterResponse)."""
-        from .filters import register
+        return self.filters.register("response", fn, body)
 
-        return register(self, "response", fn, body)
+    def start_call(self, method: str, payload: bytes) -> tuple[Handler, Coroutine[Any, Any, Any]]:
+        """What the runtime runs for a call: the method's Handler and its
+        coroutine (the payload decoded by the handler's codec; the reserved
+        ``__filter_*`` methods go to the filter chain).  Raises HandlerError
+        (rc 2 or 4) when there is nothing to run."""
+        h = self._handlers.get(method)
+        if h is not None:
+            return h, h.fn(payload if h.codec == "bytes" else h.decode(payload))
+        if method.startswith("__filter_"):
+            return self.filters.start(method, payload)
+        raise self._no_handler(method)
+
+    def _no_handler(self, method: str) -> HandlerError:
+        known = ", ".join(sorted(self._handlers)) or "none"
+        return HandlerError(
+            f"aioresty: no handler for method '{method}' (handlers: {known})", RC_NO_METHOD
+        )
 
     def lookup(self, method: str) -> Handler:
         h = self._handlers.get(method)
         if h is None:
-            known = ", ".join(sorted(self._handlers)) or "none"
-            raise HandlerError(
-                f"aioresty: no handler for method '{method}' (handlers: {known})", RC_NO_METHOD
-            )
+            raise self._no_handler(method)
         return h
 
     @property

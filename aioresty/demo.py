@@ -36,8 +36,16 @@ from typing import IO, Any
 from . import envoy_config
 from .cli import UsageError, build_from_user, envoy_binary, envoy_env, lib_dir, load_user
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
+
+def _examples() -> Path:
+    """The repository's examples/ in a source checkout, else the copy the
+    wheel carries (setup.py puts examples/envoy and examples/python there)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "examples"
+    return checkout if (checkout / "envoy" / "demo.toml").is_file() else here / "_examples"
+
+
+EXAMPLES = _examples()
 DEMO_TOML = EXAMPLES / "envoy" / "demo.toml"
 
 

@@ -44,7 +44,7 @@ from typing import Any, Literal, TypeVar
 
 import msgpack
 
-from .app import Handler
+from .handler import Handler
 
 Phase = Literal["request", "response"]
 RequestHook = Callable[["FilterRequest"], Awaitable["Response | None"]]
@@ -319,20 +319,77 @@ class FilterHook:
     body: bool
 
 
-def register(app: Any, phase: Phase, fn: _F | None, body: bool) -> Any:
-    """``App.on_request`` / ``App.on_response`` (usable bare or with options)."""
+class FilterChain:
+    """An App's Envoy filter hooks (``App.on_request`` / ``App.on_response``)
+    and what the runtime runs for the reserved ``__filter_*`` methods
+    (:meth:`start`).  ``timeout`` gives the app's default call timeout."""
 
-    def add(f: _F) -> _F:
-        checked: Any = f  # the check narrows its argument's type; keep f's
-        if not inspect.iscoroutinefunction(checked):
-            raise TypeError(f"aioresty filter hooks must be 'async def' functions, got {f!r}")
-        app._filter_hooks[phase].append(FilterHook(f, phase, body))
-        app._filter_handlers.clear()
-        return f
+    def __init__(self, timeout: Callable[[], float]) -> None:
+        self._timeout = timeout
+        self._hooks: dict[Phase, list[FilterHook]] = {"request": [], "response": []}
+        self._handlers: dict[tuple[str, int], Handler] = {}  # (method, timeout ms)
 
-    if fn is not None:
-        return add(fn)
-    return add
+    def register(self, phase: Phase, fn: _F | None, body: bool) -> Any:
+        """Usable bare (``@app.on_request``) or with options (``body=True``)."""
+
+        def add(f: _F) -> _F:
+            checked: Any = f  # the check narrows its argument's type; keep f's
+            if not inspect.iscoroutinefunction(checked):
+                raise TypeError(f"aioresty filter hooks must be 'async def' functions, got {f!r}")
+            self._hooks[phase].append(FilterHook(f, phase, body))
+            self._handlers.clear()
+            return f
+
+        if fn is not None:
+            return add(fn)
+        return add
+
+    def hooks(self, phase: Phase) -> list[FilterHook]:
+        return self._hooks[phase]
+
+    def start(self, method: str, payload: bytes) -> tuple[Handler, Coroutine[Any, Any, Any]]:
+        """A reserved ``__filter_*`` call: its Handler (timeout) and coroutine."""
+        if method == METHOD_INFO:
+            return self._handler(METHOD_INFO, 0), self._info()
+        if method not in (METHOD_REQUEST, METHOD_RESPONSE):
+            raise LookupError(f"aioresty: unknown filter method {method!r}")
+        phase, timeout_ms, flat, body = _unpack(payload)
+        return self._handler(method, timeout_ms), _run(self, phase, flat, body)
+
+    async def _info(self) -> str:
+        req, resp = self._hooks["request"], self._hooks["response"]
+        return "".join(
+            "1" if x else "0"
+            for x in (req, any(h.body for h in req), resp, any(h.body for h in resp))
+        )
+
+    def _handler(self, method: str, timeout_ms: Any) -> Handler:
+        """A Handler per (method, timeout): the runtime's timeout/abort machinery.
+        The module sends whole milliseconds (0: the app's timeout); anything else -
+        a Lua script posting __filter_* itself - is refused, so the cache stays as
+        small as the set of configured timeouts."""
+        if (
+            isinstance(timeout_ms, bool)
+            or not isinstance(timeout_ms, int)
+            or not 0 <= timeout_ms < 2**32
+        ):
+            raise ValueError(f"aioresty: bad filter timeout {timeout_ms!r}")
+        key = (method, timeout_ms)
+        h = self._handlers.get(key)
+        if h is None:
+            h = Handler(
+                name=method,
+                fn=_no_fn,
+                codec="bytes",
+                timeout=timeout_ms / 1000.0 if timeout_ms else self._timeout(),
+            )
+            if len(self._handlers) < 64:  # configs have a handful of timeouts
+                self._handlers[key] = h
+        return h
+
+
+async def _no_fn(payload: Any) -> None:
+    """Handler.fn of the filter handlers: the chain runs its own coroutine."""
 
 
 _PACK = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
@@ -342,50 +399,7 @@ def _unpack(payload: bytes) -> Any:
     return msgpack.unpackb(payload, raw=False, unicode_errors="surrogateescape")
 
 
-async def _info(app: Any) -> str:
-    req = app._filter_hooks["request"]
-    resp = app._filter_hooks["response"]
-    return "".join(
-        "1" if x else "0" for x in (req, any(h.body for h in req), resp, any(h.body for h in resp))
-    )
-
-
-def _handler(app: Any, method: str, timeout_ms: Any) -> Handler:
-    """A Handler per (method, timeout): the runtime's timeout/abort machinery.
-    The module sends whole milliseconds (0: the app's timeout); anything else -
-    a Lua script posting __filter_* itself - is refused, so the cache stays as
-    small as the set of configured timeouts."""
-    if (
-        isinstance(timeout_ms, bool)
-        or not isinstance(timeout_ms, int)
-        or not 0 <= timeout_ms < 2**32
-    ):
-        raise ValueError(f"aioresty: bad filter timeout {timeout_ms!r}")
-    key = (method, timeout_ms)
-    h: Handler | None = app._filter_handlers.get(key)
-    if h is None:
-        h = Handler(
-            name=method,
-            fn=_info,
-            codec="bytes",
-            timeout=timeout_ms / 1000.0 if timeout_ms else app.timeout,
-        )
-        if len(app._filter_handlers) < 64:  # configs have a handful of timeouts
-            app._filter_handlers[key] = h
-    return h
-
-
-def call(app: Any, method: str, payload: bytes) -> tuple[Handler, Coroutine[Any, Any, Any]]:
-    """Entry point of the runtime for the reserved ``__filter_*`` methods."""
-    if method == METHOD_INFO:
-        return _handler(app, METHOD_INFO, 0), _info(app)
-    if method not in (METHOD_REQUEST, METHOD_RESPONSE):
-        raise LookupError(f"aioresty: unknown filter method {method!r}")
-    phase, timeout_ms, flat, body = _unpack(payload)
-    return _handler(app, method, timeout_ms), _run(app, phase, flat, body)
-
-
-async def _run(app: Any, phase: int, flat: list[str], body: bytes | None) -> bytes:
+async def _run(chain: FilterChain, phase: int, flat: list[str], body: bytes | None) -> bytes:
     pseudo: dict[str, str] = {}
     d: dict[str, list[str]] = {}
     it = iter(flat)
@@ -401,10 +415,10 @@ async def _run(app: Any, phase: int, flat: list[str], body: bytes | None) -> byt
     headers = Headers._from_wire(d)
     msg: _Message
     if phase == _PHASE_REQUEST:
-        hooks = app._filter_hooks["request"]
+        hooks = chain.hooks("request")
         msg = FilterRequest(pseudo, headers, body, any(h.body for h in hooks))
     else:
-        hooks = app._filter_hooks["response"]
+        hooks = chain.hooks("response")
         msg = FilterResponse(pseudo, headers, body, any(h.body for h in hooks))
     for hook in hooks:
         result = await hook.fn(msg)

@@ -28,13 +28,13 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from . import _native, filters, watchdog
-from .app import (
+from . import _native, watchdog
+from .app import App
+from .handler import (
     RC_BAD_RESULT,
     RC_CANCELLED,
     RC_ERROR,
     RC_TIMEOUT,
-    App,
     Handler,
     HandlerError,
     error_answer,
@@ -382,7 +382,7 @@ class Runtime:
             return
         tasks, aborted = batch
         t0 = time.monotonic()
-        handlers = self.app._handlers
+        start_call = self.app.start_call
         loop, ctx, inflight, serve = self.loop, self._ctx, self._inflight, self._serve
         started: list[_Call] = []
         for ptr, tid, method, payload, was_aborted in tasks:
@@ -390,14 +390,8 @@ class Runtime:
                 _send(ptr, RC_CANCELLED, _GONE, method)
                 self.failed(method, RC_CANCELLED, _GONE, t0)
                 continue
-            handler = handlers.get(method)
             try:
-                if handler is None:
-                    handler, coro = self._special(method, payload)
-                elif handler.codec == "bytes":
-                    coro = handler.fn(payload)
-                else:
-                    coro = handler.fn(handler.decode(payload))
+                handler, coro = start_call(method, payload)
             except BaseException as exc:
                 rc, msg = _error(method, exc)
                 _send(ptr, rc, msg, method)
@@ -430,12 +424,6 @@ class Runtime:
             gone = inflight.get(tid)
             if gone is not None:
                 gone.cancel(RC_CANCELLED, _GONE.decode())
-
-    def _special(self, method: str, payload: bytes) -> tuple[Handler, Coroutine[Any, Any, Any]]:
-        if method.startswith("__filter_"):  # Envoy filter hooks (filters.py)
-            return filters.call(self.app, method, payload)
-        handler = self.app.lookup(method)  # raises: no such handler
-        return handler, handler.fn(handler.decode(payload))
 
     def _arm(self, calls: list[_Call]) -> None:
         """Per-call timeouts, only for calls still running after their first step."""

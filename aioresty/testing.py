@@ -235,7 +235,7 @@ class FilterClient(AppClient):
     ) -> FilterResult:
         pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
         pairs = [(k.lower(), v) for k, v in pairs]
-        hooks = self.app._filter_hooks["request" if phase == 1 else "response"]
+        hooks = self.app.filters.hooks("request" if phase == 1 else "response")
         wants = any(h.body for h in hooks)
         flat = [x for kv in pseudo + pairs for x in kv]
         snapshot = msgpack.packb([phase, 0, flat, (body or b"") if wants else None])

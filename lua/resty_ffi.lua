@@ -87,13 +87,14 @@ end
 -- Method names, the same rule on every host and mode: 0-127 bytes, no NUL
 -- (a NUL would cut the name in C: "echo\0zzz" must not call "echo").
 local METHOD_MAX = _M.METHOD_MAX
+local FINISHED = core.strerror(core.ECLOSED)
 
 local function call(rt, method, req, handle, timeout_ms)
     if #method > METHOD_MAX or str_find(method, "\0", 1, true) then
         return false, "resty_ffi: bad method name (0-" .. METHOD_MAX .. " bytes, no NUL)"
     end
     if not alive(rt) then
-        return false, "task queue is finished"
+        return false, FINISHED
     end
     if req ~= nil and type(req) ~= "string" then
         error("resty_ffi: req must be a string or nil, got " .. type(req), 3)

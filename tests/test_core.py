@@ -12,7 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from aioresty.app import RC_BAD_RESULT
+from aioresty import RC_BAD_RESULT
 from tests import semantics_cases
 from tests.hostlib import CORE, Host, crc, parse_answer
 from tests.netutil import wait_until
@@ -134,17 +134,16 @@ def test_timeouts(py: Host) -> None:
     assert py.call("p", "echo", "text:ok").rc == 0
 
 
+def _sleeps_started(py: Host, n: int) -> None:
+    """Until n calls of echoapp's `sleep` run (and wait in asyncio.sleep)."""
+    wait_until(lambda: py.call("p", "stats", "empty").text.split()[0] == str(n), 5, f"{n} sleep(s)")
+
+
 def test_abort_cancels_the_handler(py: Host) -> None:
     py.ok("post p s1 sleep text:30")
-    time.sleep(0.2)  # let the handler start and suspend
+    _sleeps_started(py, 1)
     py.ok("abort s1")
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        started, cancelled = py.call("p", "stats", "empty").text.split()
-        if cancelled == "1":
-            break
-        time.sleep(0.05)
-    assert (started, cancelled) == ("1", "1")
+    wait_until(lambda: py.call("p", "stats", "empty").text == "1 1", 5, "the cancel")
 
 
 def test_asyncio_timeout_on_the_first_line(py: Host) -> None:
@@ -216,7 +215,7 @@ def test_unload_serves_pending_then_refuses(py: Host) -> None:
     for i in range(3):
         py.ok(f"post p w{i} sleep text:0.3")
     py.ok("post p long sleep text:30")  # longer than the 1s unload grace
-    time.sleep(0.1)
+    _sleeps_started(py, 4)
     py.ok("unload p")
     for i in range(3):
         a = parse_answer(py.send(f"wait w{i} 5000"))
@@ -224,8 +223,7 @@ def test_unload_serves_pending_then_refuses(py: Host) -> None:
     long = parse_answer(py.send("wait long 5000"))
     assert long.rc == 6 and "shutting down" in long.text
     assert py.send("call p echo text:x 1000") == "err post -4"  # the name is gone
-    time.sleep(0.3)
-    assert "runtime 'tests.apps.echoapp' stopped" in py.stderr
+    wait_until(lambda: "runtime 'tests.apps.echoapp' stopped" in py.stderr, 5, "the stop line")
 
 
 def test_unload_then_post_on_kept_queue_is_closed(host: Host) -> None:
@@ -239,7 +237,7 @@ def test_registry_shares_one_runtime_per_key(host: Host) -> None:
     host.ok(f"load a aioresty {APP}")
     host.ok(f"load b aioresty {APP}")
     host.ok(f"load c aioresty {APP}:app")
-    time.sleep(0.2)
+    wait_until(lambda: f"runtime '{APP}:app' serving" in host.stderr, 5, "the second runtime")
     assert host.stderr.count(f"runtime '{APP}' serving") == 1
     assert host.stderr.count(f"runtime '{APP}:app' serving") == 1
 
@@ -326,8 +324,7 @@ def test_bad_cfg_fails_load_and_logs_why(
     line = host.send(f"load x {lib} {cfg}")
     assert line.startswith("err ") and expect_err in line, line
     if expect_log:
-        time.sleep(0.1)
-        assert expect_log in host.stderr
+        wait_until(lambda: expect_log in host.stderr, 5, repr(expect_log))
     host.ok(f"load ok aioresty {APP}")  # the process still loads good runtimes
     assert host.call("ok", "echo", "text:fine").data == b"fine"
 
@@ -389,7 +386,7 @@ def test_two_runtimes_side_by_side(host: Host) -> None:
 def test_python_shutdown_drains_then_cancels_and_joins(py: Host) -> None:
     py.ok("post p quick sleep text:0.2")
     py.ok("post p stuck sleep text:30")
-    time.sleep(0.1)
+    _sleeps_started(py, 2)
     t0 = time.monotonic()
     assert py.send("pyshutdown", 20) == "pyshutdown 0"  # returns once the thread is joined
     assert time.monotonic() - t0 < 5
@@ -410,13 +407,10 @@ def test_no_runtime_in_a_forked_child(host: Host) -> None:
 
 def test_unload_right_after_an_abort_still_stops_the_runtime(py: Host) -> None:
     py.ok("post p a sleep text:30")
-    time.sleep(0.1)
+    _sleeps_started(py, 1)
     py.ok("abort a")
     py.ok("unload p")
-    deadline = time.time() + 3
-    while "runtime 'tests.apps.echoapp' stopped" not in py.stderr and time.time() < deadline:
-        time.sleep(0.05)
-    assert "runtime 'tests.apps.echoapp' stopped" in py.stderr
+    wait_until(lambda: "runtime 'tests.apps.echoapp' stopped" in py.stderr, 3, "the stop line")
     assert py.send("alive") == "alive tasks=0 queues=0"
 
 

@@ -30,6 +30,7 @@ typedef struct ar_limits_t {
 } ar_limits_t;
 void ar_limits(ar_limits_t *out);
 void ar_log(int level, const char *line);
+const char *ar_strerror(int code);
 void ar_queue_ref(ar_queue *q);
 void ar_queue_unref(ar_queue *q);
 int ar_queue_closed(const ar_queue *q);
@@ -97,6 +98,14 @@ do
     -- the bounded default timeout (ms) of every runtime call, on every host
     -- (resty_ffi.set_default_timeout changes it per Lua VM)
     _M.DEFAULT_TIMEOUT_MS = lim.default_timeout_ms
+end
+
+-- The words of an AR_* code (lua-resty-ffi's: "post failed, queue full",
+-- "task queue is finished", ...), from the core: one text on every host.
+local ffi_string = ffi.string
+local strerror_C = _M.C.ar_strerror
+function _M.strerror(code)
+    return ffi_string(strerror_C(code))
 end
 
 return _M

@@ -47,14 +47,7 @@ local function authority(q)
     return a
 end
 
-local errors = {
-    full = "post failed, queue full",
-    closed = "task queue is finished",
-    nomem = "out of memory",
-    ["bad-request"] = "bad bridge request",
-    forbidden = "bridge call refused (wrong secret)",
-    ["unknown-runtime"] = "task queue is finished",
-}
+local FINISHED = core.strerror(core.ECLOSED)
 
 function _M.call(q, method, req, handle, timeout_ms)
     if q == nil then
@@ -72,7 +65,7 @@ function _M.call(q, method, req, handle, timeout_ms)
     -- async client (measured; native/envoy/bridge.c's header comment)
     local auth = authority(q)
     if not auth then
-        return nil, "task queue is finished"
+        return nil, FINISHED
     end
     local headers = {
         [":method"] = "POST",
@@ -100,9 +93,10 @@ function _M.call(q, method, req, handle, timeout_ms)
         end
         return rc, body or ""
     end
+    -- the module's refusal: its words (the core's ar_strerror) are the body
     local e = h["x-aioresty-error"]
     if e then
-        return nil, errors[e] or e
+        return nil, (body and body ~= "") and body or e
     end
     if status == "504" then
         return nil, "timeout"

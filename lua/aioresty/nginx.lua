@@ -75,13 +75,9 @@ size_t arn_take_logs(const char **out, unsigned long *dropped);
 
 local _M = { _VERSION = "0.1" }
 
--- AR_* codes of aioresty_core.h, as lua-resty-ffi words them
-local POST_ERRORS = {
-    [-1] = "post failed, queue full",
-    [-2] = "task queue is finished",
-    [-3] = "post failed, no memory",
-    [-4] = "post failed, invalid argument",
-}
+-- AR_* codes of aioresty_core.h, as lua-resty-ffi words them (the core's)
+local core = require "aioresty.core"
+local strerror = core.strerror
 
 -- phases whose coroutine may yield on a semaphore
 local YIELDABLE = {
@@ -93,7 +89,7 @@ local ABORTABLE = { rewrite = true, access = true, content = true }
 
 local MAX_WAIT = 2147483           -- seconds: the semaphore's int ms ceiling
 -- resty_ffi always passes a timeout; this is the fallback of a direct caller
-local DEFAULT_TIMEOUT_MS = require("aioresty.core").DEFAULT_TIMEOUT_MS
+local DEFAULT_TIMEOUT_MS = core.DEFAULT_TIMEOUT_MS
 local READ_TIMEOUT_MS = 86400000   -- idle wake read; a sentinel ends it at exit
 local RETRY_DELAY = 1              -- seconds between failed (re)connects
 local SEMA_POOL_MAX = 1024
@@ -459,7 +455,7 @@ function _M.call(q, method, req, handle, timeout_ms) -- luacheck: ignore handle
 
     local rc = NL.arn_post(q, method, #method, req, req and #req or 0, id, task_out)
     if rc ~= 0 then
-        return nil, POST_ERRORS[rc] or ("post failed: " .. rc)
+        return nil, strerror(rc)
     end
 
     local sema

@@ -139,6 +139,25 @@ enum {
     AR_ELOAD = -5,     /* library not found / no libffi_init / init failed */
 };
 
+/* The words of an error code, as lua-resty-ffi's Lua side says them
+ * ("post failed, queue full", "task queue is finished", ...): the one text
+ * every host and adapter returns for it.  Never NULL. */
+AR_API const char *ar_strerror(int code);
+
+/* The rc values aioresty's own runtimes answer with (docs/core.md "Answer
+ * codes"); lua-resty-ffi leaves rc to each runtime, 0 meaning success.  The
+ * Python runtime (aioresty._native), the Envoy module and Lua read them
+ * from here. */
+enum {
+    AR_RC_OK = 0,
+    AR_RC_ERROR = 1,        /* the handler raised */
+    AR_RC_NO_METHOD = 2,    /* no handler for the called method */
+    AR_RC_TIMEOUT = 3,      /* the call ran longer than its timeout */
+    AR_RC_BAD_REQUEST = 4,  /* the payload could not be decoded by the handler's codec */
+    AR_RC_BAD_RESULT = 5,   /* the result could not be encoded (or is over AR_ANSWER_MAX) */
+    AR_RC_CANCELLED = 6,    /* the caller went away, or the runtime was shut down */
+};
+
 /* Completion sink: `complete` runs exactly once per successfully posted task,
  * on the thread that answered it, after the response is stored.  It must be
  * quick and must not block (hand the task over to the host's own thread).
@@ -200,14 +219,14 @@ AR_API int ar_runtime_path(ar_queue *q, char *out, size_t outlen);
  * 0..AR_METHOD_MAX bytes without NUL.  An answer longer than AR_ANSWER_MAX
  * bytes (the stock Envoy bridge carries at most that) is replaced by the
  * core with rc AR_RC_TOO_LARGE and a message naming the method and the size
- * (aioresty apps report the same rc as their RC_BAD_RESULT).  A queue holds
+ * (the rc aioresty apps answer a result they cannot encode with).  A queue holds
  * at most max_queue waiting tasks, AR_DEFAULT_MAX_QUEUE unless loaded with
  * another.  Every call of every host is bounded: AR_DEFAULT_TIMEOUT_MS when
  * neither the call nor its runtime sets a timeout. */
 enum {
     AR_METHOD_MAX = 127,
     AR_ANSWER_MAX = 32 * 1024 * 1024,
-    AR_RC_TOO_LARGE = 5,
+    AR_RC_TOO_LARGE = AR_RC_BAD_RESULT,
     AR_DEFAULT_MAX_QUEUE = 65536,
     AR_DEFAULT_TIMEOUT_MS = 60000,  /* a call's bound when nothing sets one */
 };

@@ -415,6 +415,19 @@ void ar_task_abort(ar_task *t)
     if (wake) wake_fd(q);
 }
 
+const char *ar_strerror(int code)
+{
+    switch (code) {
+    case AR_OK: return "ok";
+    case AR_EFULL: return "post failed, queue full";
+    case AR_ECLOSED: return "task queue is finished";
+    case AR_ENOMEM: return "post failed, no memory";
+    case AR_EINVAL: return "post failed, invalid argument";
+    case AR_ELOAD: return "runtime load failed";
+    default: return "unknown error";
+    }
+}
+
 void ar_limits(ar_limits_t *out)
 {
     *out = (ar_limits_t){AR_METHOD_MAX, AR_ANSWER_MAX, AR_RC_TOO_LARGE, AR_DEFAULT_MAX_QUEUE,

@@ -79,9 +79,11 @@ typedef struct bridge_filter {
     size_t method_len;
 } bridge_filter;
 
-static void reply_error(void *fe, uint32_t status, const char *code)
+/* x-aioresty-error: code, and the words lua/aioresty/envoy.lua returns as
+ * the call's error in the body (the core's ar_strerror for posting errors). */
+static void reply_error(void *fe, uint32_t status, const char *code, const char *text)
 {
-    ar_reply_error(fe, status, code, code, "aioresty_bridge_error");
+    ar_reply_error(fe, status, code, text, "aioresty_bridge_error");
 }
 
 /* The filter's queue reference (from ar_bridge_resolve) ends here: posted,
@@ -94,7 +96,8 @@ static void drop_queue(bridge_filter *f)
 
 /* A refused call: 4xx, and at most one log line per second (counted), so a
  * flood from outside cannot fill the log. */
-static void bridge_refused(void *fe, uint32_t status, const char *code, const char *what)
+static void bridge_refused(void *fe, uint32_t status, const char *code, const char *text,
+                           const char *what)
 {
     static atomic_long last_sec, skipped;
     struct timespec ts;
@@ -107,7 +110,7 @@ static void bridge_refused(void *fe, uint32_t status, const char *code, const ch
     } else {
         atomic_fetch_add(&skipped, 1);
     }
-    reply_error(fe, status, code);
+    reply_error(fe, status, code, text);
 }
 
 /* Posts the task with the request bytes `req` (copied by the core); no
@@ -117,7 +120,7 @@ static void post_call(bridge_filter *f, const char *req, size_t req_len)
 {
     int rc = ar_call_post(&f->call, f->fe, f->q, f->method, f->method_len, req, req_len, 0);
     drop_queue(f);                                      /* a posted task holds its own */
-    if (rc != AR_OK) reply_error(f->fe, 503, ar_post_error_code(rc));
+    if (rc != AR_OK) reply_error(f->fe, 503, ar_post_error_code(rc), ar_strerror(rc));
 }
 
 /* Reads the whole buffered request body and posts it. */
@@ -135,7 +138,7 @@ static void post_with_body(bridge_filter *f)
     if (n == SIZE_MAX) {
         free(buf);
         drop_queue(f);
-        reply_error(f->fe, 503, "nomem");
+        reply_error(f->fe, 503, "nomem", ar_strerror(AR_ENOMEM));
         return;
     }
     post_call(f, buf, n);
@@ -189,18 +192,20 @@ static env_headers_status bridge_headers(void *fe, void *fm, ar_dir dir, bool eo
         mv.ptr = NULL;
     }
     if (!mv.ptr || mv.length >= sizeof f->method || memchr(mv.ptr, '\0', mv.length)) {
-        bridge_refused(fe, 400, "bad-request", "a malformed call");
+        bridge_refused(fe, 400, "bad-request", "bad bridge request", "a malformed call");
         return ENV_HEADERS_STOP_ITERATION;
     }
     int why = 0;
     f->q = qv.ptr ? ar_bridge_resolve(qv.ptr, qv.length, &why) : NULL;
     if (!f->q) {
         if (why == AR_BRIDGE_UNKNOWN)
-            bridge_refused(fe, 404, "unknown-runtime", "no such runtime (unloaded?)");
+            bridge_refused(fe, 404, "unknown-runtime", ar_strerror(AR_ECLOSED),
+                           "no such runtime (unloaded?)");
         else if (why == AR_BRIDGE_FORBIDDEN)
-            bridge_refused(fe, 403, "forbidden", "a call without this process's secret");
+            bridge_refused(fe, 403, "forbidden", "bridge call refused (wrong secret)",
+                           "a call without this process's secret");
         else
-            bridge_refused(fe, 400, "bad-request", "a malformed call");
+            bridge_refused(fe, 400, "bad-request", "bad bridge request", "a malformed call");
         return ENV_HEADERS_STOP_ITERATION;
     }
     memcpy(f->method, mv.ptr, mv.length);

@@ -125,13 +125,6 @@ const char *ar_post_error_code(int rc)
                               : "invalid";
 }
 
-const char *ar_post_error_text(int rc)
-{
-    return rc == AR_EFULL     ? "post failed, queue full"
-           : rc == AR_ECLOSED ? "task queue is finished"
-           : rc == AR_ENOMEM  ? "out of memory"
-                              : "invalid call";
-}
 
 /* ------------------------------------------------------------ bodies */
 

@@ -134,9 +134,8 @@ void ar_call_abandon(ar_call *c);
 void ar_call_end(ar_call *c);
 
 /* The short code of a posting error (x-aioresty-error): full, closed, nomem,
- * invalid; and the longer text a Lua call returns. */
+ * invalid.  The words a Lua call returns are the core's ar_strerror. */
 const char *ar_post_error_code(int rc);
-const char *ar_post_error_text(int rc);
 
 /* ---- bodies: what Envoy buffered, then the slice being received ---- */
 

@@ -4,39 +4,14 @@ httpbin stand-in, plus the aioresty-native form next to it."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.envoy.conftest import REPO, free_port, wait_until
+from tests.envoy.conftest import REPO
 
 SEED = REPO / "examples" / "envoy" / "seed.lua"
-
-
-@pytest.fixture
-def httpbin():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "examples/envoy/httpbin.py"), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-    def up() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    try:
-        wait_until(up, 10, "httpbin stand-in")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def seed_user(httpbin: str) -> dict:

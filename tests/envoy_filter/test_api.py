@@ -9,12 +9,12 @@ import msgpack
 import pytest
 
 import aioresty
-from aioresty import envoy_filters, filters
+from aioresty import envoy_filters
 from aioresty.cli import main as cli_main
 
 
 def run(app: aioresty.App, method: str, payload: bytes) -> Any:
-    handler, coro = filters.call(app, method, payload)
+    handler, coro = app.start_call(method, payload)
     try:
         coro.send(None)
     except StopIteration as stop:

@@ -5,12 +5,12 @@ the "lua" mode (the module's private LuaJIT), in both orders."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from tests.envoy.test_seed import SEED, httpbin  # noqa: F401  (fixture)
 from tests.envoy_luamod.conftest import direct_user, luamod_filter
+from tests.hostlib import ROOT
+from tests.netutil import wait_until
 
 STOCK = """
 function envoy_on_request(h)
@@ -40,8 +40,10 @@ function envoy_on_request(h)
 end
 """
 
+SEED = ROOT / "examples" / "envoy" / "seed.lua"
 
-def test_seed_block_unchanged(luamod_factory, httpbin):  # noqa: F811
+
+def test_seed_block_unchanged(luamod_factory, httpbin):
     user = direct_user(
         upstreams={"httpbin": httpbin},
         routes=[{"prefix": "/httpbin/", "upstream": "httpbin", "prefix_rewrite": "/"}],
@@ -69,7 +71,11 @@ def test_chain_with_the_stock_lua_filter(luamod_factory, ours_first):
     # would double the count).  A bridge call answered before the cluster's
     # in-process connection is ready is not counted in upstream_rq_total, so
     # the first call may be missing: 1..5, never more.
-    time.sleep(0.2)
+    wait_until(
+        lambda: env.stats().get("cluster.aioresty_bridge.upstream_rq_total", 0) >= 1,
+        5,
+        "the bridge's count",
+    )
     n = env.stats().get("cluster.aioresty_bridge.upstream_rq_total", 0)
     assert 1 <= n <= 5, n
     assert "[E]" not in env.log()

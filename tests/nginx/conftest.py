@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import promtext
 from tests.netutil import free_port, http_request, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +88,11 @@ def proc_user(pid: int) -> int:
     raise LookupError(pid)
 
 
+METRICS_LOCATION = (
+    'location = /metrics { content_by_lua_block { require("aioresty.nginx").metrics() } }'
+)
+
+
 class Nginx:
     """One nginx instance in its own prefix."""
 
@@ -111,7 +117,10 @@ class Nginx:
         init: str = "",
         init_worker: str = "",
         listen: str = "",
+        metrics: bool = True,
     ) -> None:
+        """metrics: the shared dict and GET /metrics (aioresty.nginx.metrics), as
+        docs/operations.md recommends; scrape() reads it."""
         lua_path = f"{LUA_DIR}/?.lua;{TEST_LUA}/?.lua;{RESTY_CORE}/?.lua;;"
         extra = os.environ.get("AIORESTY_NGINX_EXTRA_LUA_PATH")  # local stand-ins
         if extra:
@@ -134,6 +143,7 @@ http {{
     client_body_temp_path {self.prefix}/tmp_body;
     lua_package_path "{lua_path}";
     lua_shared_dict results 1m;
+    {"lua_shared_dict aioresty_metrics 1m;" if metrics else ""}
     init_by_lua_block {{
         require "resty_ffi"
         require("aioresty.nginx").configure{{ socket_dir = "{self.sock_dir}" }}
@@ -145,6 +155,7 @@ http {{
     {http}
     server {{
         listen 127.0.0.1:{self.port} {listen};
+        {METRICS_LOCATION if metrics else ""}
         {server}
     }}
 }}
@@ -219,6 +230,12 @@ http {{
         return bad
 
     # -- client ----------------------------------------------------------
+    def scrape(self) -> dict:
+        """GET /metrics, parsed (tests/promtext.py)."""
+        status, _, body = self.request("/metrics")
+        assert status == 200, body
+        return promtext.parse(body.decode())
+
     def request(
         self,
         path: str,

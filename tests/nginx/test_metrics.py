@@ -6,6 +6,8 @@ from __future__ import annotations
 from tests import promtext
 from tests.netutil import wait_until
 
+from .conftest import METRICS_LOCATION
+
 RUNTIME = "aioresty&tests.apps.shopmetrics"
 
 SERVER = """
@@ -24,23 +26,11 @@ location = /call {
         ngx.print(res)
     }
 }
-location = /metrics {
-    content_by_lua_block { require("aioresty.nginx").metrics() }
-}
 """
 
 
-def _scrape(nginx) -> dict:
-    status, headers, body = nginx.request("/metrics")
-    assert status == 200, body
-    assert headers.get("content-type", "").startswith("text/plain; version=0.0.4")
-    return promtext.parse(body.decode())
-
-
 def test_counts_of_known_outcomes_summed_over_workers(nginx) -> None:
-    nginx.write_conf(
-        SERVER, http="lua_shared_dict aioresty_metrics 1m;", workers=2, listen="reuseport"
-    )
+    nginx.write_conf(SERVER, workers=2, listen="reuseport")
     nginx.start()
     pids = set()
     for i in range(40):  # a new connection each: both workers serve
@@ -55,11 +45,13 @@ def test_counts_of_known_outcomes_summed_over_workers(nginx) -> None:
     assert len(pids) == 2, pids
 
     def counted() -> bool:
-        s = _scrape(nginx)
+        s = nginx.scrape()
         return promtext.value(s, "aioresty_calls_total", runtime=RUNTIME, method="buy") == 40
 
     wait_until(counted, 10, "every worker's calls in the scrape")
-    s = _scrape(nginx)
+    status, headers, _ = nginx.request("/metrics")
+    assert status == 200 and headers["content-type"] == "text/plain; version=0.0.4"
+    s = nginx.scrape()
     calls = "aioresty_calls_total"
     answers = "aioresty_answers_total"
     assert promtext.value(s, calls, runtime=RUNTIME, method="refund") == 3
@@ -89,8 +81,10 @@ def test_counts_of_known_outcomes_summed_over_workers(nginx) -> None:
 
 
 def test_without_the_shared_dict_the_endpoint_says_what_is_missing(nginx) -> None:
-    nginx.write_conf(SERVER, workers=1)
+    nginx.write_conf(
+        SERVER + METRICS_LOCATION.replace("/metrics", "/bare"), workers=1, metrics=False
+    )
     nginx.start()
     assert nginx.request("/call?m=buy", body=b"book:1")[0] == 200
-    status, _, body = nginx.request("/metrics")
+    status, _, body = nginx.request("/bare")
     assert status == 500 and b"lua_shared_dict aioresty_metrics 1m;" in body, body

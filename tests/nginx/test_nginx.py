@@ -18,6 +18,8 @@ import time
 
 import msgpack
 
+from tests import promtext
+
 from .conftest import lib_dir, proc_user, wait_until
 
 PY = '"aioresty", "tests.apps.echoapp"'
@@ -308,14 +310,15 @@ def test_hup_reload_under_load(nginx):
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: len(results) >= 20, 15, what="calls under load before the HUP")
         nginx.send_signal(signal.SIGHUP)
         wait_until(
             lambda: not (set(nginx.workers()) & set(old)) and len(nginx.workers()) == 2,
             15,
             what="old workers to exit after HUP",
         )
-        time.sleep(0.5)
+        served = len(results)
+        wait_until(lambda: len(results) >= served + 20, 15, what="the new workers serving")
     finally:
         stop.set()
         for t in threads:
@@ -338,7 +341,11 @@ def test_quit_with_calls_in_flight(nginx):
 
     with cf.ThreadPoolExecutor(20) as ex:
         futs = [ex.submit(slow, i) for i in range(20)]
-        time.sleep(0.4)
+        wait_until(
+            lambda: promtext.value(nginx.scrape(), "aioresty_in_flight", method="sleep") == 20,
+            10,
+            what="20 calls in flight",
+        )
         t0 = time.monotonic()
         nginx.send_signal(signal.SIGQUIT)
         results = [f.result(30) for f in futs]
@@ -445,7 +452,9 @@ def test_queue_full_is_immediate(nginx):
     assert nginx.request("/q?m=echo", b"warm")[2] == b"warm"
     with cf.ThreadPoolExecutor(5) as ex:
         blocker = ex.submit(nginx.request, "/q?m=block", b"1.0")
-        time.sleep(0.3)  # the loop is now blocked inside `block`
+        wait_until(  # the loop is now blocked inside `block` (the watchdog reports it)
+            lambda: promtext.value(nginx.scrape(), "aioresty_loop_lag_us") > 0, 5, "the block"
+        )
 
         def timed(i):
             t0 = time.monotonic()

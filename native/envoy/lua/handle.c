@@ -261,7 +261,7 @@ static int l_call(lua_State *L)
     int rc = ar_call_post(&f->call, f->fe, q, m, ml, req, rl, tmo);
     if (rc != AR_OK) {
         lua_pushnil(L);
-        lua_pushstring(L, ar_post_error_text(rc));
+        lua_pushstring(L, ar_strerror(rc));
         return 2;
     }
     f->wait = W_CALL;

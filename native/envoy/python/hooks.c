@@ -62,7 +62,6 @@
  * logged, is the nicer one); the module's timer only fires when the runtime
  * did not answer in time (its loop is blocked, it is stuck). */
 #define HOST_TIMEOUT_MARGIN_MS 250
-#define RC_TIMEOUT 3 /* aioresty/app.py */
 
 /* the phase of the wire format: 1 request, 2 response */
 #define PHASE(dir) ((dir) == AR_DIR_REQUEST ? 1 : 2)
@@ -378,7 +377,7 @@ static void py_scheduled(void *fe, void *fm, uint64_t id)
                      f->app->spec, DIR_NAME(dir), rc,
                      (int)(ans ? (len > 400 ? 400 : len) : 0), ans ? ans : "");
         if (!f->app->fail_open) {
-            local_reply(f, 500, rc == RC_TIMEOUT ? "timeout" : "error", "aioresty filter failed\n");
+            local_reply(f, 500, rc == AR_RC_TIMEOUT ? "timeout" : "error", "aioresty filter failed\n");
             replied = 1;
         }
     } else if (ans && len) {
