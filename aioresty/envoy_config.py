@@ -81,6 +81,9 @@ LUAMOD_FILTER_PREFIX = "aioresty.lua."
 BRIDGE_CLUSTER = "aioresty_bridge"
 BRIDGE_SINK = "aioresty_bridge_sink"
 MODULE_NAME = "aioresty_envoy"
+METRICS_FILTER = "aioresty.metrics"
+# Envoy prefixes the module's stats with it: aioresty.<family> (docs/_envoy_metrics.md)
+METRICS_NAMESPACE = "aioresty"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _UNLIMITED = 2**32 - 1  # circuit-breaker thresholds are uint32
 
@@ -133,6 +136,12 @@ def http_listener(
         }
     ]
     return listener
+
+
+def module_config() -> dict[str, Any]:
+    """The ``dynamic_module_config`` of every aioresty filter: runtimes own
+    threads, so the module is never dlclose'd; its stats are ``aioresty.*``."""
+    return {"name": MODULE_NAME, "do_not_close": True, "metrics_namespace": METRICS_NAMESPACE}
 
 
 def bootstrap_extensions() -> list[dict[str, Any]]:
@@ -216,8 +225,7 @@ def bridge_cluster(
                         "typed_config": {
                             "@type": _T + "envoy.extensions.filters.http.dynamic_modules.v3."
                             "DynamicModuleFilter",
-                            # runtimes own threads: never dlclose the module
-                            "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
+                            "dynamic_module_config": module_config(),
                             "filter_name": "bridge",
                             "filter_config": {
                                 "@type": _T + "google.protobuf.StringValue",
@@ -270,7 +278,7 @@ def luamod_filter(
         "name": LUAMOD_FILTER_PREFIX + name,
         "typed_config": {
             "@type": _T + "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-            "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
+            "dynamic_module_config": module_config(),
             "filter_name": "lua",
             "filter_config": {
                 "@type": _T + "google.protobuf.StringValue",
@@ -282,6 +290,71 @@ def luamod_filter(
     if disabled:
         entry["disabled"] = True
     return entry
+
+
+def metrics_filter() -> dict[str, Any]:
+    """The module's no-op "metrics" filter, disabled: only its config matters,
+    a downstream config that exports aioresty's metrics as clean Envoy stats
+    (``aioresty.*``; the bridge's own config is scoped under its cluster).
+    docs/_envoy_metrics.md."""
+    return {
+        "name": METRICS_FILTER,
+        "disabled": True,
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": module_config(),
+            "filter_name": "metrics",
+            "filter_config": {"@type": _T + "google.protobuf.StringValue", "value": ""},
+        },
+    }
+
+
+def stats_config() -> dict[str, Any]:
+    """Bootstrap ``stats_config``: ``aioresty.call_time_us`` gets the core's
+    bucket bounds (microseconds) instead of Envoy's defaults."""
+    from .metrics import call_bounds
+
+    return {
+        "histogram_bucket_settings": [
+            {
+                "match": {"contains": "aioresty.call_time_us"},
+                "buckets": [float(b) for b in call_bounds()],
+            }
+        ]
+    }
+
+
+def add_metrics(config: dict[str, Any]) -> dict[str, Any]:
+    """Adds ``metrics_filter()`` before the router of every HTTP connection
+    manager that runs Envoy's Lua filter, and ``stats_config()`` unless the
+    config has its own (in place; also returned).  Idempotent."""
+    if "stats_config" not in config:
+        config["stats_config"] = stats_config()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            filters = node.get("http_filters")
+            if isinstance(filters, list) and uses_stock_lua(filters):
+                if not any(
+                    isinstance(f, dict) and f.get("name") == METRICS_FILTER for f in filters
+                ):
+                    at = next(
+                        (
+                            i
+                            for i, f in enumerate(filters)
+                            if isinstance(f, dict) and f.get("name") == "envoy.filters.http.router"
+                        ),
+                        len(filters),
+                    )
+                    filters.insert(at, metrics_filter())
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(config.get("static_resources"))
+    return config
 
 
 def luamod_enable_per_route(name: str) -> dict[str, Any]:
@@ -354,7 +427,8 @@ def merge_bridge(
     config: dict[str, Any], max_request_bytes: int = DEFAULT_MAX_BYTES
 ) -> dict[str, Any]:
     """Adds the bridge cluster, its sink listener and the bootstrap extension
-    to an existing Envoy config dict (in place; also returned).  Idempotent."""
+    to an existing Envoy config dict, and the metrics pieces (add_metrics), in
+    place; also returned.  Idempotent."""
     exts = config.setdefault("bootstrap_extensions", [])
     if not any(e.get("name") == "envoy.bootstrap.internal_listener" for e in exts):
         exts.extend(bootstrap_extensions())
@@ -365,7 +439,7 @@ def merge_bridge(
     clusters = sr.setdefault("clusters", [])
     if not any(c.get("name") == BRIDGE_CLUSTER for c in clusters):
         clusters.append(bridge_cluster(max_request_bytes=max_request_bytes))
-    return config
+    return add_metrics(config)
 
 
 def _read_lua(spec: Any, base: Path) -> str:
@@ -457,6 +531,7 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
     if user.get("admin"):
         config["admin"] = {"address": _addr(user["admin"])}
     if mode == "module":
+        config["stats_config"] = stats_config()
         return config  # calls yield inside the module: no bridge
     return merge_bridge(config, int(user.get("max_request_bytes", DEFAULT_MAX_BYTES)))
 

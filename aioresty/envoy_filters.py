@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from . import envoy_config
-from .envoy_config import MODULE_NAME, _addr
+from .envoy_config import _addr, module_config, stats_config
 
 FILTER_NAME = "aioresty.python"
 DEFAULT_BODY_LIMIT = 1024 * 1024
@@ -70,8 +70,7 @@ def python_filter(
         "name": name,
         "typed_config": {
             "@type": _DM + "DynamicModuleFilter",
-            # runtimes own threads: the module is never dlclose'd
-            "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
+            "dynamic_module_config": module_config(),
             "filter_name": "python",
             "filter_config": {
                 "@type": _T + "google.protobuf.StringValue",
@@ -102,7 +101,7 @@ def python_per_route(
     return {
         name: {
             "@type": _DM + "DynamicModuleFilterPerRoute",
-            "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
+            "dynamic_module_config": module_config(),
             "per_route_config_name": "python",
             "filter_config": {
                 "@type": _T + "google.protobuf.StringValue",
@@ -168,7 +167,10 @@ def build_filter_config(
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(upstream)}}]}],
         },
     }
-    config: dict[str, Any] = {"static_resources": {"listeners": [listener], "clusters": [cluster]}}
+    config: dict[str, Any] = {
+        "static_resources": {"listeners": [listener], "clusters": [cluster]},
+        "stats_config": stats_config(),
+    }
     if admin:
         config["admin"] = {"address": _addr(admin)}
     return config

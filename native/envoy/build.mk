@@ -1,13 +1,13 @@
 # libaioresty_envoy.so: the Envoy dynamic module, one .so.  module.c (the
 # hall) holds the hooks and dispatches to the filter modes (envoy_mode.h):
 # bridge.c, lua/ and python/ (the wings), all built on the shared stream
-# layer (stream.h: stream_link.c, stream.c, timeouts.c) and the one
-# filter_config syntax (config_json.c).  Links against libaioresty_core.so
+# layer (stream.h: stream_link.c, stream.c, timeouts.c), the one
+# filter_config syntax (config_json.c) and the metrics exporter (metrics.c).  Links against libaioresty_core.so
 # found next to it ($ORIGIN), so Envoy, the Lua filter's ffi.load of the
 # core and the runtimes share one core.
 ENVOY_DIR := $(HERE)/envoy
 ENVOY_SRC := $(addprefix $(ENVOY_DIR)/, \
-	module.c stream_link.c stream.c timeouts.c config_json.c bridge.c \
+	module.c metrics.c metrics_mode.c stream_link.c stream.c timeouts.c config_json.c bridge.c \
 	lua/driver.c lua/handle.c lua/objects.c lua/config.c \
 	python/hooks.c python/config.c python/msgpack.c)
 LIBS += $(OUT)/libaioresty_envoy.so

@@ -12,8 +12,8 @@
  * library that nginx or Lua could load on their own.
  *
  * Grouped by the Envoy component each piece belongs to: buffers, logging,
- * headers, bodies, filter statuses, stream control, scheduler, metadata and
- * attributes.  The enums are Envoy's envoy_dynamic_module_type_* values
+ * headers, bodies, filter statuses, stream control, schedulers, config-level
+ * stats, metadata and attributes.  The enums are Envoy's envoy_dynamic_module_type_* values
  * (an enum is an int in the ABI).
  */
 #ifndef AIORESTY_ENVOY_ABI_H
@@ -173,6 +173,50 @@ extern void *envoy_dynamic_module_callback_http_filter_scheduler_new(void *filte
 extern void envoy_dynamic_module_callback_http_filter_scheduler_commit(void *sched,
                                                                        uint64_t event_id);
 extern void envoy_dynamic_module_callback_http_filter_scheduler_delete(void *sched);
+
+/* ---- the http-filter *config* scheduler and config-level stats ----
+ * Checked against the 1.40.0 binary by disassembly (argument registers, the
+ * frozen flag, the 1-based id check) and the abi_impl of releases with
+ * label arrays.  scheduler_new (main thread, may be called inside
+ * config_new: the config is already owned by a shared_ptr) keeps a weak
+ * reference to the config; commit (any thread) locks it and posts event_id
+ * to the MAIN dispatcher, where Envoy calls
+ * envoy_dynamic_module_on_http_filter_config_scheduled; a commit after the
+ * config is gone is dropped, a commit after delete is a use-after-free.
+ * Caveat: the commit's locked reference may be the config's last one, so
+ * the config can be destroyed inside commit, on the committing thread
+ * (metrics.c handles that). */
+extern void *envoy_dynamic_module_callback_http_filter_config_scheduler_new(void *config_envoy);
+extern void envoy_dynamic_module_callback_http_filter_config_scheduler_commit(void *sched,
+                                                                              uint64_t event_id);
+extern void envoy_dynamic_module_callback_http_filter_config_scheduler_delete(void *sched);
+
+/* envoy_dynamic_module_type_metrics_result */
+typedef enum {
+    ENV_METRICS_SUCCESS = 0,
+    ENV_METRICS_NOT_FOUND = 1,
+    ENV_METRICS_INVALID_LABELS = 2,
+    ENV_METRICS_FROZEN = 3,   /* defined after config_new returned */
+} env_metrics_result;
+
+/* Defines a stat (label_names: a vec stat of that many labels; Envoy copies
+ * the names) in the config's scope, under its metrics_namespace (default
+ * "dynamicmodulescustom", stripped in /stats and Prometheus).  Only inside
+ * config_new; *id is then the handle (1-based) for this config only. */
+extern env_metrics_result envoy_dynamic_module_callback_http_filter_config_define_counter(
+    void *config_envoy, mod_buf name, mod_buf *label_names, size_t n_labels, size_t *id);
+extern env_metrics_result envoy_dynamic_module_callback_http_filter_config_define_gauge(
+    void *config_envoy, mod_buf name, mod_buf *label_names, size_t n_labels, size_t *id);
+extern env_metrics_result envoy_dynamic_module_callback_http_filter_config_define_histogram(
+    void *config_envoy, mod_buf name, mod_buf *label_names, size_t n_labels, size_t *id);
+/* Main thread (the scope's thread-local caches): label_values must match the
+ * definition's count (else INVALID_LABELS); values are integers. */
+extern env_metrics_result envoy_dynamic_module_callback_http_filter_config_increment_counter(
+    void *config_envoy, size_t id, mod_buf *label_values, size_t n_values, uint64_t value);
+extern env_metrics_result envoy_dynamic_module_callback_http_filter_config_set_gauge(
+    void *config_envoy, size_t id, mod_buf *label_values, size_t n_values, uint64_t value);
+extern env_metrics_result envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+    void *config_envoy, size_t id, mod_buf *label_values, size_t n_values, uint64_t value);
 
 /* ---- metadata (envoy_dynamic_module_type_metadata_source) ---- */
 

@@ -7,6 +7,7 @@
  *             filter httpCall -> task -> local reply (bridge.c)
  *   "lua"     aioresty's LuaJIT filter with a native ffi-yield (lua/)
  *   "python"  an async Python HTTP filter (python/)
+ *   "metrics" a no-op filter whose config exports the metrics (metrics_mode.c)
  * and DynamicModuleFilterPerRoute's `per_route_config_name` picks the mode of
  * a per-route config (only "python" has them).
  *
@@ -54,5 +55,6 @@ struct ar_mode {
 extern const ar_mode ar_mode_bridge; /* bridge.c */
 extern const ar_mode ar_mode_lua;    /* lua/driver.c */
 extern const ar_mode ar_mode_python; /* python/hooks.c */
+extern const ar_mode ar_mode_metrics; /* metrics_mode.c */
 
 #endif

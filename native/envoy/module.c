@@ -4,6 +4,9 @@
  * dispatched to the filter mode chosen by `filter_name` /
  * `per_route_config_name` (envoy_mode.h).  No mode logic lives here.
  *
+ * Every mode's config is also attached to the metrics exporter
+ * (metrics.h) here, so no mode has to.
+ *
  * Threads: program init, the config and per-route config hooks run on
  * Envoy's main thread; the filter hooks on the filter's worker thread.
  * Ownership: what a mode's *_new returns is Envoy's until the matching
@@ -13,9 +16,11 @@
 #include <string.h>
 
 #include "envoy_mode.h"
+#include "metrics.h"
 #include "stream.h"
 
-static const ar_mode *const g_modes[] = {&ar_mode_python, &ar_mode_bridge, &ar_mode_lua};
+static const ar_mode *const g_modes[] = {&ar_mode_python, &ar_mode_bridge, &ar_mode_lua,
+                                         &ar_mode_metrics};
 #define N_MODES (sizeof g_modes / sizeof *g_modes)
 
 static const ar_mode *mode_of(const void *p)
@@ -70,15 +75,29 @@ EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *cfg_envo
                                                                   env_buf conf)
 {
     const ar_mode *m = mode_named(name);
-    if (m) return m->config_new(cfg_envoy, conf);
-    ar_envoy_log(ENV_LOG_ERROR, "aioresty: unknown filter_name '%.*s' (known: python, bridge, lua)",
+    if (m) {
+        void *cfg = m->config_new(cfg_envoy, conf);
+        /* every mode's config defines the stats (only possible in here) */
+        if (cfg) ar_metrics_attach(cfg_envoy, cfg, m == &ar_mode_bridge);
+        return cfg;
+    }
+    ar_envoy_log(ENV_LOG_ERROR, "aioresty: unknown filter_name '%.*s' (known: python, bridge, lua, metrics)",
                  (int)name.length, name.ptr);
     return NULL;
 }
 
 EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(const void *cfg)
 {
-    if (cfg) mode_of(cfg)->config_destroy((void *)cfg);
+    if (!cfg) return;
+    ar_metrics_detach(cfg);
+    mode_of(cfg)->config_destroy((void *)cfg);
+}
+
+/* Main thread: the metrics flush (metrics.h), the only config event. */
+EXPORT void envoy_dynamic_module_on_http_filter_config_scheduled(void *cfg_envoy, const void *cfg,
+                                                                 uint64_t id)
+{
+    if (cfg) ar_metrics_scheduled(cfg_envoy, cfg, id);
 }
 
 EXPORT const void *envoy_dynamic_module_on_http_filter_per_route_config_new(env_buf name,

@@ -4,15 +4,17 @@
  * local error reply, continuing a stopped stream, posting error texts and
  * logging.
  *
- * Threads: the worker thread of the stream, except ar_envoy_log (any
- * thread).  Ownership: see stream.h; nothing here keeps memory past a call
+ * Threads: the worker thread of the stream, except ar_envoy_log and
+ * ar_thread_start (any thread).  Ownership: see stream.h; nothing here keeps memory past a call
  * except the ar_call's task and link, which ar_call_event / ar_call_abandon
  * / ar_call_end give back.
  */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "stream.h"
 #include "timeouts.h"
@@ -27,6 +29,31 @@ void ar_envoy_log(env_log_level level, const char *fmt, ...)
     if (n < 0) return;
     if ((size_t)n >= sizeof b) n = (int)sizeof b - 1;
     envoy_dynamic_module_callback_log(level, (mod_buf){b, (size_t)n});
+}
+
+int ar_thread_start(void *(*fn)(void *), const char *name, pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_t th;
+    int rc = pthread_create(&th, &at, fn, NULL);
+    pthread_attr_destroy(&at);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc) {
+        pthread_cond_destroy(cv);
+        return -1;
+    }
+    pthread_setname_np(th, name);
+    return 0;
 }
 
 /* ------------------------------------------------------------ calls */

@@ -11,6 +11,7 @@
  *                  own local error reply, continuing a stopped stream, the
  *                  texts of posting errors, logging to Envoy's log
  *   timeouts.c     the per-call timeout thread (timeouts.h)
+ *   metrics.c      the metrics table as Envoy stats (metrics.h)
  *
  * Threads.  A filter (and the ar_call inside it) is created, used and freed
  * on its worker thread only; every function here runs there unless it says
@@ -43,6 +44,7 @@
 #ifndef AIORESTY_STREAM_H
 #define AIORESTY_STREAM_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "aioresty_core.h"
@@ -60,6 +62,13 @@ typedef enum { AR_DIR_REQUEST = 0, AR_DIR_RESPONSE = 1 } ar_dir;
 
 /* One line in Envoy's log (truncated to 1 KiB). */
 void ar_envoy_log(env_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- the module's own threads (stream.c; any thread) ---- */
+
+/* Initialises *cv timed on CLOCK_MONOTONIC and starts fn(NULL) on a
+ * detached thread named `name`, with every signal blocked (signals belong
+ * to Envoy).  0, or -1 with *cv destroyed again. */
+int ar_thread_start(void *(*fn)(void *), const char *name, pthread_cond_t *cv);
 
 /* ---- links (stream_link.c) ---- */
 

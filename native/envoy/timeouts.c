@@ -1,7 +1,6 @@
 /* timeouts.c - the per-call timeout thread; see timeouts.h for who runs
  * what and who frees what. */
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -59,27 +58,7 @@ static void *timer_main(void *arg)
 static int timer_start_locked(void)
 {
     if (g_tstarted) return 0;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&g_tcv, &ca);
-    pthread_condattr_destroy(&ca);
-    /* signals belong to Envoy: the thread starts with all of them blocked */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    pthread_t th;
-    int rc = pthread_create(&th, &at, timer_main, NULL);
-    pthread_attr_destroy(&at);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc) {
-        pthread_cond_destroy(&g_tcv);
-        return -1;
-    }
-    pthread_setname_np(th, "aioresty-tmo");
+    if (ar_thread_start(timer_main, "aioresty-tmo", &g_tcv) != 0) return -1;
     g_tstarted = 1;
     return 0;
 }

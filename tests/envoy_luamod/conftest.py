@@ -46,7 +46,7 @@ def luamod_filter(
         "name": name,
         "typed_config": {
             "@type": _T + "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-            "dynamic_module_config": {"name": envoy_config.MODULE_NAME, "do_not_close": True},
+            "dynamic_module_config": envoy_config.module_config(),
             "filter_name": "lua",
             "filter_config": {
                 "@type": _T + "google.protobuf.StringValue",

@@ -3,6 +3,7 @@
 --   /call?lib=L&cfg=C&method=M&t=MS&mq=N   body = request bytes
 --   /unload?lib=L&cfg=C
 --   /alive                                  -> ar_tasks_alive()
+--   /coremetrics                            -> the core's own Prometheus text
 local ffi = require "ffi"
 local adapter = require "aioresty.envoy"
 
@@ -12,6 +13,7 @@ ar_queue *ar_runtime_load(const char *lib, const char *cfg, int max_queue, int f
                           char *err, size_t errlen);
 void ar_runtime_unload(ar_queue *q);
 long ar_tasks_alive(void);
+size_t ar_metrics_prometheus(char *out, size_t cap);
 ]]
 local core = ffi.load((os.getenv("AIORESTY_LIB_DIR") or ".") .. "/libaioresty_core.so")
 local queues = {}
@@ -46,6 +48,13 @@ function envoy_on_request(h)
     local args = query(path)
     if path:find("^/alive") then
         h:respond({[":status"] = "200"}, tostring(tonumber(core.ar_tasks_alive())))
+        return
+    end
+    if path:find("^/coremetrics") then
+        local n = tonumber(core.ar_metrics_prometheus(nil, 0)) + 4096
+        local buf = ffi.new("char[?]", n)
+        n = tonumber(core.ar_metrics_prometheus(buf, n))
+        h:respond({[":status"] = "200"}, ffi.string(buf, n))
         return
     end
     if path:find("^/raw") then

@@ -1,0 +1,180 @@
+"""aioresty's metrics as real Envoy stats (native/envoy/metrics.c) in every
+mode: calls of known outcomes, then Envoy's own /stats/prometheus must show
+exact counts by method and rc, the call histogram as many observations as
+answers, and the bucket counts the core itself has."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aioresty import envoy_config
+from tests import promtext
+from tests.envoy.conftest import REPO, Envoy
+from tests.envoy_filter.conftest import FilterEnvoy, Upstream
+from tests.netutil import http_request, wait_until
+
+SHOP = "tests.apps.shopmetrics"
+RUNTIME = "aioresty&" + SHOP
+PY_PATH = [str(REPO), str(REPO / "examples" / "python")]
+PY_ENV = {"AIORESTY_VENV": sys.prefix}
+CALLS = "envoy_aioresty_calls_total"
+ANSWERS = "envoy_aioresty_answers_total"
+HIST = "envoy_aioresty_call_time_us"
+# Envoy merges histograms at its stats flush: 1 s here (default 5 s)
+FAST_FLUSH = {"stats_flush_interval": "1s"}
+
+
+def scrape(admin_port: int) -> dict:
+    status, _, body = http_request(admin_port, "GET", "/stats/prometheus", timeout=5)
+    assert status == 200
+    return promtext.parse(body.decode())
+
+
+@pytest.fixture
+def envoys(tmp_path: Path) -> Iterator[Callable[..., Envoy]]:
+    started: list[Envoy] = []
+
+    def make(user: dict[str, Any], **kw: Any) -> Envoy:
+        e = Envoy(tmp_path, user, env=dict(PY_ENV), python_path=PY_PATH, **kw)
+        e.config.update(FAST_FLUSH)
+        e.config_path.write_text(envoy_config.to_yaml(e.config))
+        started.append(e)
+        return e.start()
+
+    yield make
+    for e in started:
+        assert e.terminate() == 0, e.log()[-3000:]  # detach and handover at exit: clean
+
+
+def shop_calls(request: Callable[[str, bytes], int], prefix: str = "") -> None:
+    """12 buys (rc 0), 3 refunds (the handler raises: rc 1), 2 calls of an
+    unknown method (rc 2), each checked at the client."""
+    for i in range(12):
+        assert request(f"{prefix}/py/buy?cfg={SHOP}", f"book:{i % 7}".encode()) == 200
+    for _ in range(3):
+        assert request(f"{prefix}/py/refund?cfg={SHOP}", b"x") == 502
+    for _ in range(2):
+        assert request(f"{prefix}/py/nope?cfg={SHOP}", b"x") == 502
+
+
+def assert_shop_counts(admin_port: int) -> dict:
+    def counted() -> dict | None:
+        s = scrape(admin_port)
+        done = promtext.value(s, HIST + "_count", runtime=RUNTIME, method="nope") == 2
+        return s if done and promtext.value(s, CALLS, runtime=RUNTIME, method="buy") == 12 else None
+
+    s = wait_until(counted, 20, "the shop's calls in Envoy's stats")
+    rt = {"runtime": RUNTIME}
+    assert promtext.value(s, CALLS, method="refund", **rt) == 3
+    assert promtext.value(s, CALLS, method="nope", **rt) == 2
+    assert promtext.value(s, ANSWERS, method="buy", rc="0", **rt) == 12
+    assert promtext.value(s, ANSWERS, method="refund", rc="1", **rt) == 3
+    assert promtext.value(s, ANSWERS, method="nope", rc="2", **rt) == 2
+    for m, n in (("buy", 12), ("refund", 3), ("nope", 2)):
+        assert promtext.value(s, HIST + "_count", method=m, **rt) == n
+        assert promtext.value(s, HIST + "_bucket", method=m, le="+Inf", **rt) == n
+        assert promtext.value(s, "envoy_aioresty_in_flight", method=m, **rt) == 0
+    assert ("envoy_aioresty_queue_depth", frozenset(rt.items())) in s
+    # the application's own metrics come the same way
+    app = {"runtime": RUNTIME, "name": "orders", "labels": "kind=book"}
+    assert promtext.value(s, "envoy_aioresty_app_counter_total", **app) == 12
+    basket = {"runtime": RUNTIME, "name": "basket_items", "labels": ""}
+    assert promtext.value(s, "envoy_aioresty_app_histogram_count", **basket) == 12
+    assert promtext.value(s, "envoy_aioresty_app_gauge", name="open_carts") == 3
+    return s
+
+
+def post(env: Envoy) -> Callable[[str, bytes], int]:
+    return lambda path, body: env.request("POST", path, body=body)[0]
+
+
+def test_stock_bridge_exports_exact_counts(envoys) -> None:
+    env = envoys({"lua": {"app": "lua/app_calls.lua"}, "routes": [{"prefix": "/", "lua": "app"}]})
+    shop_calls(post(env))
+    assert_shop_counts(env.admin_port)
+    # the /stats names (metrics_namespace "aioresty"), counters exact there too
+    names = env.stats()  # /stats?format=json, counters and gauges
+    assert names[f"aioresty.calls_total.runtime.{RUNTIME}.method.buy"] == 12
+    # exported by the downstream "metrics" config, not under the bridge cluster
+    assert not [n for n in names if n.startswith("cluster.aioresty_bridge.aioresty.")]
+
+
+def test_stock_bridge_buckets_are_the_cores(envoys) -> None:
+    """Each bucket Envoy shows holds what the core's own table holds (the
+    probe script reads it with ar_metrics_prometheus)."""
+    env = envoys(
+        {"lua": {"probe": "lua/bridge_probe.lua"}, "routes": [{"prefix": "/", "lua": "probe"}]}
+    )
+    for _ in range(60):
+        assert env.request("POST", "/call?lib=ffi_c_echo&method=echo", body=b"x")[0] == 200
+    rt = {"runtime": "ffi_c_echo", "method": "echo"}
+    wait_until(
+        lambda: promtext.value(scrape(env.admin_port), HIST + "_count", **rt) == 60,
+        20,
+        "60 observations",
+    )
+    core = promtext.parse(env.request("GET", "/coremetrics")[2].decode())
+    ours = scrape(env.admin_port)
+    buckets = [
+        (dict(ls)["le"], v)
+        for (n, ls), v in core.items()
+        if n == "aioresty_call_time_us_bucket" and rt.items() <= ls
+    ]
+    assert len(buckets) == 20
+    for le, v in buckets:
+        assert promtext.value(ours, HIST + "_bucket", le=le, **rt) == v, le
+
+
+def test_lua_mode_two_filters_count_once(envoys) -> None:
+    """Two "lua" filters are two configs: one exports, nothing counts twice."""
+    user = {
+        "lua_mode": "module",
+        "lua": {"buy": "lua/app_calls.lua", "rest": "lua/app_calls.lua"},
+        "routes": [{"prefix": "/py/buy", "lua": "buy"}, {"prefix": "/", "lua": "rest"}],
+    }
+    env = envoys(user)
+    shop_calls(post(env))
+    assert_shop_counts(env.admin_port)
+
+
+def test_python_filter_counts_hooks(tmp_path: Path) -> None:
+    up = Upstream()
+    env = FilterEnvoy(tmp_path, up.port)
+    cfg = json.loads(env.config_path.read_text())
+    cfg.update(FAST_FLUSH)
+    env.config_path.write_text(envoy_config.to_yaml(cfg))
+    try:
+        env.start()
+        for i in range(7):
+            ok = {"authorization": "Bearer ok"}
+            assert http_request(env.port, "GET", f"/ok/{i}", headers=ok)[0] == 200
+        for _ in range(2):
+            assert http_request(env.port, "GET", "/boom")[0] == 500
+        runtime = "aioresty&tests.envoy_filter.filterapp:app"
+        rt = {"runtime": runtime, "method": "__filter_request"}
+
+        def counted() -> dict | None:
+            s = scrape(env.admin_port)
+            return s if promtext.value(s, HIST + "_count", **rt) == 9 else None
+
+        s = wait_until(counted, 20, "the filter's hook calls in Envoy's stats")
+        assert promtext.value(s, CALLS, **rt) == 9
+        assert promtext.value(s, ANSWERS, rc="0", **rt) == 7
+        assert promtext.value(s, ANSWERS, rc="1", **rt) == 2
+        assert promtext.value(s, "envoy_aioresty_in_flight", **rt) == 0
+        # the response hook ran for the 7 requests that reached the upstream
+        resp = {"runtime": runtime, "method": "__filter_response"}
+        wait_until(
+            lambda: promtext.value(scrape(env.admin_port), ANSWERS, rc="0", **resp) == 7,
+            20,
+            "the response hooks",
+        )
+    finally:
+        assert env.stop() == 0, env.log()[-3000:]
+        up.stop()
