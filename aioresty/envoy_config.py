@@ -549,17 +549,3 @@ def load_user_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
         return tomllib.loads(p.read_text())
     return json.loads(p.read_text())
-
-
-def load_envoy_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Reads a user's envoy.yaml / .json for merge_bridge (YAML needs PyYAML)."""
-    text = Path(path).read_text()
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
-        import yaml  # type: ignore[import-untyped]
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RuntimeError(f"{path}: not JSON and PyYAML is not installed") from e
-    return yaml.safe_load(text)
