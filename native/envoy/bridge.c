@@ -10,7 +10,7 @@
  *         [":authority"]=<id>.<secret> }, req, {send_xff=false, ...})
  *
  * which is the only way a stock Lua coroutine can wait without blocking the
- * worker (DESIGN.md section 3).  Here the module buffers the request body to
+ * worker (docs/envoy.md).  Here the module buffers the request body to
  * the end of stream, posts a task to the core's queue (aioresty_core.h),
  * returns StopIteration, and when the runtime answers (completion sink, on
  * the runtime's thread) commits the http-filter scheduler; on the worker

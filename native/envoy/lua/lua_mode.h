@@ -1,7 +1,7 @@
 /*
  * lua/lua_mode.h - the inside of filter mode "lua": an Envoy-Lua-filter-style
  * LuaJIT filter hosted inside our dynamic module, with a native ffi-yield
- * (DESIGN.md section 3b).  Shared by the wing's files:
+ * (docs/luamod.md).  Shared by the wing's files:
  *
  *   lua/driver.c   per-worker lua_States, the coroutine driver, the filter
  *                  hooks and the mode table
