@@ -10,16 +10,19 @@
 #include "aioresty_core.h"
 
 /* metrics.c: the call metrics of one method of a runtime.  Values are
- * atomics (any thread); x_* is ar_metrics_take's shadow (under its lock). */
+ * atomics (any thread); x_* is ar_metrics_take's shadow (under its lock).
+ * What the posting threads write, what the answering threads write and the
+ * shadow are on cache lines of their own (aligned_alloc): posts and answers
+ * of one method run on different cores. */
 enum { AR_CALL_BOUNDS = 19, AR_RC_SLOTS = 17 /* rc 0..15, then "other" */ };
 typedef struct ar_method_stats {
     char name[AR_METHOD_MAX + 1];
     size_t len;
-    atomic_uint_fast64_t calls;
-    atomic_uint_fast64_t answers[AR_RC_SLOTS];
+    _Alignas(64) atomic_uint_fast64_t calls;            /* posting threads */
+    _Alignas(64) atomic_uint_fast64_t answers[AR_RC_SLOTS];     /* answering threads */
     atomic_uint_fast64_t counts[AR_CALL_BOUNDS + 1];
     atomic_uint_fast64_t sum_us;
-    uint64_t x_calls, x_answers[AR_RC_SLOTS], x_counts[AR_CALL_BOUNDS + 1], x_sum;
+    _Alignas(64) uint64_t x_calls, x_answers[AR_RC_SLOTS], x_counts[AR_CALL_BOUNDS + 1], x_sum;
 } ar_method_stats;
 
 /* metrics.c: a queue's part of the table. */

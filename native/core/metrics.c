@@ -120,8 +120,10 @@ void ar_stats_set_runtime(ar_queue *q, const char *key)
 
 static ar_method_stats *method_new(const char *m, size_t len)
 {
-    ar_method_stats *s = calloc(1, sizeof *s);
+    /* sizeof is a multiple of the 64-byte alignment of its members */
+    ar_method_stats *s = aligned_alloc(_Alignof(ar_method_stats), sizeof *s);
     if (!s) return NULL;
+    memset(s, 0, sizeof *s);
     memcpy(s->name, m, len);
     s->name[len] = '\0';
     return s;
