@@ -4,7 +4,10 @@
 # layer (stream.h: stream_link.c, stream.c, timeouts.c), the one
 # filter_config syntax (config_json.c) and the metrics exporter (metrics.c).  Links against libaioresty_core.so
 # found next to it ($ORIGIN), so Envoy, the Lua filter's ffi.load of the
-# core and the runtimes share one core.
+# core and the runtimes share one core.  -z nodelete: runtime threads and the
+# module's own threads run its code until the process exits, so a config
+# without do_not_close (Envoy dlclose's the module with its last config)
+# cannot unmap it under them.
 ENVOY_DIR := $(HERE)/envoy
 ENVOY_SRC := $(addprefix $(ENVOY_DIR)/, \
 	module.c metrics.c metrics_mode.c stream_link.c stream.c timeouts.c config_json.c bridge.c \
@@ -15,4 +18,4 @@ LIBS += $(OUT)/libaioresty_envoy.so
 $(OUT)/libaioresty_envoy.so: $(ENVOY_SRC) $(wildcard $(ENVOY_DIR)/*.h $(ENVOY_DIR)/*/*.h) $(ENVOY_DIR)/build.mk $(HERE)/core/aioresty_core.h $(OUT)/libaioresty_core.so | $(OUT)
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) -I$(HERE)/core -I$(ENVOY_DIR) -I$(LUAJIT_INC) -shared -o $@ $(ENVOY_SRC) \
 		-L$(OUT) -laioresty_core -Wl,-rpath,'$$ORIGIN' -Wl,--allow-shlib-undefined -lpthread \
-		$(LUAJIT_A) -Wl,--exclude-libs,ALL -Wl,-Bsymbolic -lm -ldl
+		$(LUAJIT_A) -Wl,--exclude-libs,ALL -Wl,-Bsymbolic -Wl,-z,nodelete -lm -ldl
