@@ -189,5 +189,11 @@ bench-filter: venv
 	$(PY) -c "import grpc, envoy_data_plane" 2>/dev/null || $(PY) -m pip install -q 'grpcio>=1.60' 'envoy-data-plane==2.2.0'
 	cd $(ROOT) && $(PY) benchmarks/bench_filter.py
 
+# The one table of figures: docs/benchmarks.md and README.md's "Benchmarks", from
+# benchmarks/results/*.json (committed: what the last `make bench-<name>` measured)
+.PHONY: bench-table
+bench-table:
+	cd $(ROOT) && python3 benchmarks/table.py
+
 clean:
 	rm -rf native/build aioresty/_lib aioresty/_native*.so build *.egg-info

@@ -107,7 +107,6 @@ end
 """
 
 
-
 def listener(name: str, port: int, lua: str | None) -> dict[str, Any]:
     route = {
         "match": {"prefix": "/"},
