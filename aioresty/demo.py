@@ -49,6 +49,26 @@ EXAMPLES = _examples()
 DEMO_TOML = EXAMPLES / "envoy" / "demo.toml"
 
 
+def go_echo_stand_in(env: dict[str, str], tmp: Path) -> None:
+    """The seed block loads the Go echo runtime (ffi_go_echo), which the package does not
+    carry (Go runtimes are built for the repository's tests and demo only: make venv).
+    Where none is found ($AIORESTY_LIB_PATH, aioresty's lib dir), the C echo runtime of
+    the package (same lua-resty-ffi ABI, same answers) stands in under that name."""
+    name = "libffi_go_echo.so"
+    dirs = [d for d in env.get("AIORESTY_LIB_PATH", "").split(":") if d]
+    if any((Path(d) / name).is_file() for d in [*dirs, str(lib_dir())]):
+        return
+    stand_in = tmp / "runtimes"
+    stand_in.mkdir(exist_ok=True)
+    (stand_in / name).symlink_to(lib_dir() / "libffi_c_echo.so")
+    env["AIORESTY_LIB_PATH"] = ":".join([str(stand_in), *dirs])
+    print(
+        "demo: no ffi_go_echo runtime (Go runtimes are not in the package): the seed's "
+        'ngx.load_ffi("ffi_go_echo") gets the C echo runtime (libffi_c_echo.so)',
+        file=sys.stderr,
+    )
+
+
 class _Stop(Exception):
     """SIGTERM received."""
 
@@ -205,13 +225,10 @@ def run(args: argparse.Namespace) -> int:
         cfg_path = tmp / "envoy.json"
         cfg_path.write_text(envoy_config.to_yaml(config))
         env = envoy_env(user, DEMO_TOML.parent)
-        for name in ("ffi_go_echo", "resty_ffi_python", "aioresty"):
+        for name in ("resty_ffi_python", "aioresty", "ffi_c_echo"):
             if not (lib_dir() / f"lib{name}.so").is_file():
-                print(
-                    f"demo: warning: {lib_dir()}/lib{name}.so is missing (make venv builds "
-                    "it; the Go runtime needs golang-go)",
-                    file=sys.stderr,
-                )
+                print(f"demo: warning: {lib_dir()}/lib{name}.so is missing", file=sys.stderr)
+        go_echo_stand_in(env, tmp)
 
         cmd = [
             envoy_binary(),

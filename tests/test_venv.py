@@ -23,7 +23,7 @@ from typing import Any
 
 from aioresty.cli import envoy_binary
 from tests.democheck import check_demo_output
-from tests.hostlib import LIB_DIR, ROOT, Host, host_env
+from tests.hostlib import LIB_DIR, ROOT, VENV, Host, host_env
 from tests.netutil import free_port
 
 
@@ -114,13 +114,7 @@ def _libpython() -> str:
 
 def _loader() -> Path:
     """This interpreter's Python loader in aioresty/_lib (native/python/build.mk)."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "native" / "python" / "pyinfo.py")],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    path = LIB_DIR / f"libaioresty_python{out[0]}-{out[1]}.so"
+    path = LIB_DIR / f"libaioresty_python{sys.version_info[0]}.{sys.version_info[1]}.so"
     assert path.is_file(), f"{path} not built"
     return path
 
@@ -157,29 +151,44 @@ def test_embedded_python_is_the_venvs(tmp_path: Path, testhost_exe: Path) -> Non
     assert info["libpython"] == [_libpython()]
 
 
-def test_libpython_comes_from_rpath_not_ld_library_path(tmp_path: Path, testhost_exe: Path) -> None:
-    """Another libpython of the same soname on LD_LIBRARY_PATH is not picked up (DT_RPATH);
-    one already in the process (LD_PRELOAD) makes the load fail, saying so."""
+def test_loader_links_no_libpython() -> None:
+    """The loader names no libpython and no build-time path: the shim loads the venv's own
+    at run time (so a wheel is portable; auditwheel has nothing to graft)."""
+    out = subprocess.run(
+        ["readelf", "-d", str(_loader())], check=True, capture_output=True, text=True
+    ).stdout
+    assert "libpython" not in out
+    assert "RPATH" not in out and "RUNPATH" not in out
+
+
+def test_libpython_is_the_interpreters_not_ld_library_path(
+    tmp_path: Path, testhost_exe: Path
+) -> None:
+    """Another libpython of the same soname on LD_LIBRARY_PATH is not picked up (the shim
+    loads the interpreter's by its path); one already in the process (LD_PRELOAD) makes
+    the load fail, saying so."""
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(_libpython(), other / sysconfig.get_config_var("INSTSONAME"))
     info = _embedded(testhost_exe, _embed_env(tmp_path, LD_LIBRARY_PATH=str(other)))
     assert info["libpython"] == [_libpython()]
 
-    env = _embed_env(tmp_path, LD_PRELOAD=str(other / sysconfig.get_config_var("INSTSONAME")))
-    h = Host(testhost_exe, env=env)
+    copy = other / sysconfig.get_config_var("INSTSONAME")
+    h = Host(testhost_exe, env=_embed_env(tmp_path, LD_PRELOAD=str(copy)))
     try:
         assert h.send("load e aioresty embedinfo").startswith("err ")
     finally:
         h.close()
-    assert f"this Python loader is linked to {_libpython()}, but the process uses" in h.stderr
+    assert f"the process already has {copy} loaded" in h.stderr, h.stderr
+    assert f"not {_libpython()} of the venv '{VENV}'" in h.stderr
 
 
-def _fake_venv(tmp_path: Path, version: str) -> Path:
+def _fake_venv(tmp_path: Path, version: str, home: Path | None = None) -> Path:
     """A venv whose base interpreter lives elsewhere (as a pyenv one would)."""
-    home = tmp_path / "elsewhere" / "bin"
-    home.mkdir(parents=True)
-    venv = tmp_path / "fake-venv"
+    if home is None:
+        home = tmp_path / "elsewhere" / "bin"
+        home.mkdir(parents=True, exist_ok=True)
+    venv = tmp_path / f"fake-venv-{version}"
     (venv / "bin").mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text(
         f"home = {home}\ninclude-system-site-packages = false\nversion = {version}\n"
@@ -187,28 +196,96 @@ def _fake_venv(tmp_path: Path, version: str) -> Path:
     return venv
 
 
-def test_venv_of_another_interpreter_fails_clearly(tmp_path: Path, testhost_exe: Path) -> None:
-    """A venv of an interpreter aioresty/_lib has no loader for: the shim says which one is
-    missing; this interpreter's loader, loaded by its path, refuses the venv (it would run
-    this libpython with the other interpreter's stdlib)."""
-    version = ".".join(map(str, sys.version_info[:3]))
-    venv = _fake_venv(tmp_path, version)
-    home = os.path.realpath(venv.parent / "elsewhere" / "bin")
-    xy = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    for lib in ("aioresty", "resty_ffi_python"):
-        h = Host(testhost_exe, env=_embed_env(tmp_path, AIORESTY_VENV=str(venv)))
-        try:
-            assert h.send(f"load e {lib} embedinfo").startswith("err ")
-        finally:
-            h.close()
-        assert f"no Python loader in {LIB_DIR}" in h.stderr, h.stderr
-        assert f"for the interpreter of venv '{venv}' (Python {xy} in {home})" in h.stderr
-        assert "Install aioresty into that venv" in h.stderr
-
-    h = Host(testhost_exe, env=_embed_env(tmp_path, AIORESTY_VENV=str(venv)))
+def _load_fails(testhost_exe: Path, env: dict[str, str], lib: str = "aioresty") -> str:
+    h = Host(testhost_exe, env=env)
     try:
-        assert h.send(f"load e {_loader()} embedinfo").startswith("err ")
+        line = h.send(f"load e {lib} embedinfo")
+        assert line.startswith("err "), line
     finally:
         h.close()
-    assert "this Python loader is built for Python" in h.stderr, h.stderr
-    assert f"but the venv '{venv}' is of Python {xy} in {home}" in h.stderr
+    return line + "\n" + h.stderr
+
+
+def test_venv_of_another_interpreter_fails_clearly(tmp_path: Path, testhost_exe: Path) -> None:
+    """Whatever does not fit fails the load with one line saying why, through both shims:
+    a Python X.Y aioresty/_lib has no loader for, an interpreter without a shared
+    libpython, a libpython of another version than the venv's; the loader proper refuses
+    to be loaded without its shim."""
+    xy = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    version = ".".join(map(str, sys.version_info[:3]))
+    old = _fake_venv(tmp_path, "3.9.18")
+    for lib in ("aioresty", "resty_ffi_python"):
+        err = _load_fails(testhost_exe, _embed_env(tmp_path, AIORESTY_VENV=str(old)), lib)
+        assert f"no Python loader in {LIB_DIR} for Python 3.9 (of the venv '{old}')" in err, err
+        assert "Install aioresty into that venv" in err
+
+    static = _fake_venv(tmp_path, version)
+    home = os.path.realpath(tmp_path / "elsewhere" / "bin")
+    err = _load_fails(testhost_exe, _embed_env(tmp_path, AIORESTY_VENV=str(static)))
+    assert f"the Python {version} in {home} has no shared libpython (looked for" in err, err
+    assert "--enable-shared" in err
+
+    real_home = Path(sys.base_prefix) / "bin"
+    other = _fake_venv(tmp_path, f"{xy}.99", home=real_home)
+    err = _load_fails(testhost_exe, _embed_env(tmp_path, AIORESTY_VENV=str(other)))
+    assert f"{_libpython()} is Python {version}, but the venv '{other}' is of Python {xy}.99" in (
+        err
+    ), err
+
+    err = _load_fails(testhost_exe, _embed_env(tmp_path), lib=str(_loader()))
+    assert "undefined symbol: Py" in err or "loaded directly" in err, err
+
+
+def test_invalid_venv_is_an_error(tmp_path: Path, testhost_exe: Path) -> None:
+    """$AIORESTY_VENV / $VIRTUAL_ENV naming no venv is an error naming it (never a
+    silent fallback to another Python)."""
+    missing = tmp_path / "no-such-venv"
+    err = _load_fails(testhost_exe, _embed_env(tmp_path, AIORESTY_VENV=str(missing)))
+    assert f"$AIORESTY_VENV '{missing}' does not exist" in err, err
+    plain = tmp_path / "plain-dir"
+    plain.mkdir()
+    err = _load_fails(testhost_exe, _embed_env(tmp_path, AIORESTY_VENV=str(plain)))
+    assert f"$AIORESTY_VENV '{plain}' is not a venv (no pyvenv.cfg in it)" in err, err
+    env = _embed_env(tmp_path, VIRTUAL_ENV=str(plain))
+    env.pop("AIORESTY_VENV")
+    err = _load_fails(testhost_exe, env)
+    assert f"$VIRTUAL_ENV '{plain}' is not a venv" in err, err
+
+
+SWITCH_APP = """
+import sys
+import aioresty
+
+async def where(req: bytes) -> str:
+    return aioresty.__file__ + "|" + sys.prefix
+"""
+
+
+def test_aioresty_venv_switches_fully(tmp_path: Path, testhost_exe: Path) -> None:
+    """AIORESTY_VENV=<another venv>: Python runs from that venv, its site-packages first;
+    the aioresty it imports is that venv's, not the one holding the loader."""
+    other = tmp_path / "other-venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(other)], check=True, timeout=60
+    )
+    site = next((other / "lib").glob("python3*/site-packages"))
+    shutil.copytree(
+        ROOT / "aioresty",
+        site / "aioresty",
+        ignore=shutil.ignore_patterns("_lib", "__pycache__"),
+    )
+    (site / "aioresty" / "_lib").symlink_to(LIB_DIR)
+    # its other packages (msgpack, uvloop, ...): this venv's, after its own site-packages
+    (site / "deps.pth").write_text(next((VENV / "lib").glob("python3*/site-packages")).as_posix())
+    (tmp_path / "switchapp.py").write_text(SWITCH_APP)
+    env = host_env(AIORESTY_VENV=str(other), PYTHONPATH=str(tmp_path))
+    h = Host(testhost_exe, env=env)
+    try:
+        h.ok("load s aioresty switchapp")
+        got = h.call("s", "where", "empty").text
+    finally:
+        last = h.close()
+    assert last == "exit tasks=0 queues=0", h.stderr
+    pkg, prefix = got.split("|")
+    assert pkg == str(site / "aioresty" / "__init__.py"), got
+    assert prefix == str(other)

@@ -1,23 +1,21 @@
 /*
  * loader.c - aioresty's Python loader: a runtime library exporting
- * libffi_init(cfg, tq).  Built once per interpreter as
- * libaioresty_python<X.Y>-<key>.so (native/python/build.mk), linked to that
- * interpreter's libpython; hosts load it through libaioresty.so /
- * libresty_ffi_python.so (shim.c), which pick the one of the venv's
- * interpreter.
+ * libffi_init(cfg, tq).  Built once per Python X.Y as
+ * libaioresty_python<X.Y>.so (native/python/build.mk) against that X.Y's
+ * headers and linked to no libpython: hosts load it through libaioresty.so /
+ * libresty_ffi_python.so (shim.c), which choose the venv and interpreter,
+ * load that interpreter's own libpython RTLD_GLOBAL (the Py* symbols here
+ * resolve against it), then hand the choice over (aioresty_python_configure).
  *
  * On the first libffi_init of the process it embeds CPython:
- *   - it checks that the interpreter is the one it was built for: the venv
- *     (venv.h: $AIORESTY_VENV, else $VIRTUAL_ENV, else the venv this library
- *     is installed in, else none) must be of the interpreter in AR_PY_HOME,
- *     X.Y = the headers', and the libpython the process got must be
- *     AR_LIBPYTHON; else it fails, saying why, and never runs one Python's
- *     libpython with another one's stdlib;
- *   - libpython is promoted to the global scope (hosts dlopen us RTLD_LOCAL,
- *     and extension modules such as _socket expect Py* symbols globally);
+ *   - it checks the choice once more: the libpython in the process is the
+ *     chosen one and of this loader's X.Y; else it fails, saying why, and
+ *     never runs one Python's libpython with another one's stdlib;
  *   - isolated PyConfig, sys.executable = <venv>/bin/python3 (without a venv:
- *     the base interpreter's); $PYTHONPATH is honoured (aioresty._boot puts
- *     it in front of sys.path);
+ *     the prefix's pythonX.Y); $PYTHONPATH is honoured (aioresty._boot puts
+ *     it in front of sys.path); a venv chosen by $AIORESTY_VENV/$VIRTUAL_ENV
+ *     is used as it is (its site-packages, its aioresty), else the aioresty
+ *     package holding this library comes first on sys.path;
  *   - the host's signal dispositions are saved before and restored after, so
  *     Python never takes SIGINT/SIGTERM from the proxy;
  *   - the GIL is released before returning: Python runs only on runtime
@@ -48,9 +46,6 @@
 
 #include "venv.h"
 
-#if !defined(AR_PY_HOME) || !defined(AR_LIBPYTHON)
-#error "build with -DAR_PY_HOME=\"<bin dir of the interpreter>\" -DAR_LIBPYTHON=\"<its libpython>\" (build.mk)"
-#endif
 #define AR_PY_XY Py_STRINGIFY(PY_MAJOR_VERSION) "." Py_STRINGIFY(PY_MINOR_VERSION)
 
 #define LOG_PREFIX "[aioresty] "
@@ -59,15 +54,8 @@
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pid_t g_py_pid;              /* process that initialised Python */
 
-static void promote_libpython(void)
-{
-    Dl_info di;
-    if (dladdr((void *)&Py_InitializeFromConfig, &di) && di.dli_fname) {
-        if (!dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL))
-            fprintf(stderr, LOG_PREFIX "cannot promote %s to global scope: %s\n", di.dli_fname,
-                    dlerror());
-    }
-}
+static ar_python g_py;              /* the shim's choice (aioresty_python_configure) */
+static int g_configured;
 
 /* This library lives in <dir>/aioresty/_lib/: put <dir> first on sys.path so
  * the loader always runs the aioresty package it was built with (this also
@@ -94,41 +82,63 @@ static void add_own_package_to_path(void)
     PyErr_Clear();
 }
 
-/* The interpreter this process would embed is the one this library was
- * built for: 0, else -1 after saying why. */
-static int check_interpreter(const char *venv)
+/* The libpython in the process is the one the shim chose, of this loader's
+ * X.Y: 0, else -1 after saying why. */
+static int check_interpreter(void)
 {
-    char home[PATH_MAX], real[PATH_MAX], want[PATH_MAX], xy[16], key[9], lib[PATH_MAX];
+    char lib[PATH_MAX];
     Dl_info di;
+    const char *v = Py_GetVersion();
+    size_t n = strlen(AR_PY_XY);
 
-    if (!realpath(AR_PY_HOME, want)) snprintf(want, sizeof want, "%s", AR_PY_HOME);
-    if (venv[0]) {
-        int is_venv = ar_venv_python(venv, home, sizeof home, xy, sizeof xy);
-        if (ar_home_key(home, key, real, sizeof real) < 0) snprintf(real, sizeof real, "%s", home);
-        if (strcmp(real, want) != 0 || (xy[0] && strcmp(xy, AR_PY_XY) != 0)) {
-            fprintf(stderr,
-                    LOG_PREFIX "this Python loader is built for Python " AR_PY_XY " in %s, "
-                    "but the %s '%s' is of Python %s in %s: install aioresty into that venv "
-                    "(it builds its own loader), or set AIORESTY_VENV to a venv of %s\n",
-                    want, is_venv ? "venv" : "prefix", venv, xy[0] ? xy : "?", real, want);
-            return -1;
-        }
+    if (!g_configured) {
+        fprintf(stderr, LOG_PREFIX "this Python loader is loaded directly: load libaioresty.so "
+                "or libresty_ffi_python.so, which choose the venv and its libpython\n");
+        return -1;
     }
-    /* the libpython we got: RPATH names it, but a libpython of the same
-     * soname already in the process would be used instead */
+    if (strncmp(v, AR_PY_XY, n) != 0 || (v[n] != '.' && v[n] != ' ') ||
+        strcmp(g_py.xy, AR_PY_XY) != 0) {
+        fprintf(stderr, LOG_PREFIX "this Python loader is built for Python " AR_PY_XY ", but "
+                "the %s '%s' is of Python %s and the process runs libpython %.*s: not "
+                "starting Python\n", g_py.venv[0] ? "venv" : "prefix",
+                g_py.venv[0] ? g_py.venv : g_py.home, g_py.xy, (int)strcspn(v, " "), v);
+        return -1;
+    }
     if (!dladdr((void *)&Py_InitializeFromConfig, &di) || !di.dli_fname ||
         !realpath(di.dli_fname, lib)) {
         fprintf(stderr, LOG_PREFIX "cannot tell which libpython is loaded\n");
         return -1;
     }
-    if (!realpath(AR_LIBPYTHON, real)) snprintf(real, sizeof real, "%s", AR_LIBPYTHON);
-    if (strcmp(lib, real) != 0) {
-        fprintf(stderr,
-                LOG_PREFIX "this Python loader is linked to %s, but the process uses %s "
-                "(another libpython loaded first?): not starting Python\n", real, lib);
+    if (strcmp(lib, g_py.libpython) != 0) {
+        fprintf(stderr, LOG_PREFIX "the venv's libpython is %s, but this Python loader is "
+                "bound to %s (another libpython loaded first?): not starting Python\n",
+                g_py.libpython, lib);
         return -1;
     }
     return 0;
+}
+
+/* The shim's choice of interpreter (venv.h), before the first libffi_init.
+ * Another shim of the process may call it again: it must choose the same. */
+EXPORT int aioresty_python_configure(const ar_python *py)
+{
+    int rc = 0;
+    pthread_mutex_lock(&g_lock);
+    if (py->abi != AR_PYTHON_ABI) {
+        fprintf(stderr, LOG_PREFIX "this Python loader and its shim are of two different "
+                "aioresty builds: reinstall aioresty\n");
+        rc = -1;
+    } else if (g_configured && (strcmp(py->libpython, g_py.libpython) || strcmp(py->venv, g_py.venv))) {
+        fprintf(stderr, LOG_PREFIX "Python already runs from the venv '%s' (%s); a load asks for "
+                "'%s' (%s): one Python per process\n", g_py.venv, g_py.libpython, py->venv,
+                py->libpython);
+        rc = -1;
+    } else if (!g_configured) {
+        g_py = *py;
+        g_configured = 1;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return rc;
 }
 
 static int config_str(PyConfig *c, wchar_t **field, const char *s)
@@ -155,14 +165,12 @@ static void shutdown_at_exit(void)
 
 static int start_python(void)
 {
-    char venv[PATH_MAX], exe[PATH_MAX + 32];
     struct sigaction saved[NSIG];
     PyConfig c;
     PyStatus st;
+    const char *venv = g_py.venv;
 
-    ar_find_venv((void *)&start_python, venv, sizeof venv);
-    if (check_interpreter(venv) < 0) return -1;
-    promote_libpython();
+    if (check_interpreter() < 0) return -1;
 
     PyConfig_InitIsolatedConfig(&c);
     c.install_signal_handlers = 0;
@@ -174,11 +182,7 @@ static int start_python(void)
      * the stdlib from its `home`, and site adds the venv's site-packages
      * (with .pth files, so editable installs work).  Without a venv: the
      * base interpreter's, so getpath finds its own prefix. */
-    if (venv[0])
-        snprintf(exe, sizeof exe, "%s/bin/python3", venv);
-    else
-        snprintf(exe, sizeof exe, "%s/python" AR_PY_XY, AR_PY_HOME);
-    if (config_str(&c, &c.executable, exe) < 0) goto fail;
+    if (config_str(&c, &c.executable, g_py.exe) < 0) goto fail;
     /* `import signal` installs a SIGINT handler even with
      * install_signal_handlers=0: snapshot every disposition, restore after. */
     for (int s = 1; s < NSIG; s++) sigaction(s, NULL, &saved[s]);
@@ -190,7 +194,7 @@ static int start_python(void)
                 st.err_msg ? st.err_msg : "?");
         return -1;
     }
-    add_own_package_to_path();
+    if (!g_py.explicit_venv) add_own_package_to_path();
     /* aioresty._boot imports asyncio (and so signal) while the snapshot is
      * still pending: import it now, then restore. */
     PyObject *boot = PyImport_ImportModule("aioresty._boot");
