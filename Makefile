@@ -6,7 +6,7 @@
 #                    ($(PYENV_ROOT)/versions/3.13.N, .venv-3.13); any failure fails the whole
 #   make test PYTHON=/path/to/python3   the same with that interpreter only
 #   make demo-nginx  the nginx example on 127.0.0.1:8080;  make demo-host: no proxy at all
-#   make bench-core | bench-envoy | bench-nginx -> benchmarks/results/<name>.json
+#   make bench-core | bench-envoy | bench-nginx | bench-nginx-seq -> benchmarks/results/<name>.json
 # PYTHON= works with every target: /usr/bin/python3 (the default) uses .venv, any other
 # interpreter .venv-X.Y, each with aioresty installed editable; all venvs share aioresty/_lib
 # (one Python loader per interpreter in it, native/python/build.mk).
@@ -36,9 +36,15 @@ VENV := $(ROOT)/.venv-$(PY_XY)
 endif
 PY := $(VENV)/bin/python
 APT_PKGS := build-essential python3-dev python3-venv valgrind curl golang-go wrk \
-            nginx-light libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-cjson \
+            nginx-light libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-cjson nginx-dev libpcre3-dev \
             redis-server postgresql
 STAMP := $(VENV)/.aioresty-installed
+LUA_MOD_SRC := $(ROOT)/.deps/lua-nginx-module
+# a private apt configuration for `apt-get source` (the host's sources stay as they are)
+PRIVATE_APT := $(ROOT)/.deps/apt
+PRIVATE_APT_OPTS := -o Dir::Etc::SourceList=$(PRIVATE_APT)/sources.list -o Dir::Etc::SourceParts=- \
+  -o Dir::State::Lists=$(PRIVATE_APT)/lists -o Dir::Cache=$(PRIVATE_APT)/cache \
+  -o APT::Sandbox::User=root
 
 .PHONY: deps venv venv-check python-access native test test-one lint demo demo-host bench-core clean
 
@@ -53,6 +59,29 @@ deps:
 	fi
 	@# the LuaJIT source of the Envoy "lua" mode: fetched by the native build itself
 	@# (native/luajit/source.py; docs/install.md), never through the host's apt sources
+	@# the installed lua module's exact source, for the optional nginx accelerator
+	@# (native/nginx/accel/build.mk): Debian's own version, through a private apt config
+	@want=$$(dpkg-query -W -f '$${Version}' libnginx-mod-http-lua 2>/dev/null | sed 's/^[0-9]*://'); \
+	if [ -n "$$want" ] && [ "$$(cat $(LUA_MOD_SRC)/.aioresty-version 2>/dev/null)" != "$$want" ]; then \
+	  mkdir -p $(PRIVATE_APT)/lists/partial $(PRIVATE_APT)/cache && \
+	  for suite in bookworm bookworm-updates; do \
+	    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $$suite main"; \
+	  done > $(PRIVATE_APT)/sources.list && \
+	  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main" \
+	    >> $(PRIVATE_APT)/sources.list && \
+	  rm -rf $(ROOT)/.deps/src.tmp && mkdir -p $(ROOT)/.deps/src.tmp && \
+	  if apt-get $(PRIVATE_APT_OPTS) update -qq >/dev/null 2>&1 && \
+	     (cd $(ROOT)/.deps/src.tmp && apt-get $(PRIVATE_APT_OPTS) source -qq \
+	        "libnginx-mod-http-lua=$$(dpkg-query -W -f '$${Version}' libnginx-mod-http-lua)" >/dev/null 2>&1) && \
+	     [ -f $(ROOT)/.deps/src.tmp/libnginx-mod-http-lua-*/src/ngx_http_lua_common.h ]; then \
+	    rm -rf $(LUA_MOD_SRC) && mv $(ROOT)/.deps/src.tmp/libnginx-mod-http-lua-*/ $(LUA_MOD_SRC) && \
+	    echo "$$want" > $(LUA_MOD_SRC)/.aioresty-version && \
+	    echo "fetched libnginx-mod-http-lua $$want source into $(LUA_MOD_SRC)"; \
+	  else \
+	    echo "could not fetch the source of libnginx-mod-http-lua $$want: the nginx accelerator is not built"; \
+	  fi; \
+	  rm -rf $(ROOT)/.deps/src.tmp; \
+	fi
 
 # The tests start their own redis-server and postgres on free 127.0.0.1 ports; the system
 # services that installing the packages sets up (a redis on 127.0.0.1:6379 and ::1, the
@@ -168,6 +197,12 @@ demo-nginx: venv python-access
 # nginx benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/nginx.json
 bench-nginx: venv python-access
 	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_nginx.py
+
+# one coroutine calling in a loop: µs per round trip vs a unix-socket cosocket peer, stock
+# and accelerated, pinned and not (BENCH_SECONDS=0.5 per loop) -> benchmarks/results/nginx_seq.json
+.PHONY: bench-nginx-seq
+bench-nginx-seq: venv python-access
+	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_nginx_seq.py
 
 # The same seed demo with the scripts in aioresty's LuaJIT filter inside the dynamic module
 # (lua_mode = "module", docs/luamod.md) on 127.0.0.1:8000; --check: smoke test

@@ -23,8 +23,13 @@ window / requests.  For the cosocket peer the Python server's CPU is reported to
 both ways: worker only, and worker + server.  For the runtimes, completions drained
 per wake byte come from ``aioresty.nginx.stats()``.
 
+With the accelerator module built (native/nginx/accel), a second nginx, the same
+config plus ``load_module ngx_http_aioresty_accel_module.so``, serves python_accel and
+c_accel (interleaved with the others; its worker's CPU is measured the same way).
+
 Writes benchmarks/results/nginx.json with "ratios" (req/s):
-lua_python_vs_plain, lua_python_vs_cosocket, lua_c_vs_plain.  BENCH_SECONDS
+lua_python_vs_plain, lua_python_vs_cosocket, lua_c_vs_plain, and with the
+accelerator lua_python_vs_plain_accel, lua_c_vs_plain_accel.  BENCH_SECONDS
 (default 5) sets the window.  Every process started here is stopped (try/finally).
 """
 
@@ -68,7 +73,11 @@ from benchmarks.common import (  # noqa: E402
 )
 
 VARIANTS = ("plain", "python", "c", "cosocket")
+ACCEL_VARIANTS = ("python_accel", "c_accel")  # served by the accelerated nginx
+ACCEL_SO = "ngx_http_aioresty_accel_module.so"
 LABELS = {
+    "python_accel": "Lua -> aioresty Python echo, accelerator",
+    "c_accel": "Lua -> C echo runtime, accelerator",
     "plain": "plain content_by_lua ngx.say",
     "python": "Lua -> aioresty Python echo",
     "c": "Lua -> C echo runtime",
@@ -162,9 +171,13 @@ end
 return _M
 """
 
+# nginx.conf of the nginx benchmarks (bench_nginx_seq.py too): __BENCH_MODULE__ is the Lua
+# module of handlers (in __PREFIX__/bench), __LOCATIONS__ its server's locations;
+# __ACCEL__ is empty or the accelerator's load_module line.
 CONF = """
 load_module __MODULES__/ndk_http_module.so;
 load_module __MODULES__/ngx_http_lua_module.so;
+__ACCEL__
 worker_processes 1;
 error_log logs/error.log notice;
 pid logs/nginx.pid;
@@ -178,17 +191,22 @@ http {
     init_by_lua_block {
         require "resty_ffi"
         require("aioresty.nginx").configure{ socket_dir = "__PREFIX__/sock" }
-        require "aioresty_bench"
+        require "__BENCH_MODULE__"
     }
     server {
         listen 127.0.0.1:__PORT__;
+__LOCATIONS__
+    }
+}
+"""
+
+
+LOCATIONS = """
         location = /plain    { content_by_lua_block { require("aioresty_bench").plain() } }
         location = /python   { content_by_lua_block { require("aioresty_bench").python() } }
         location = /c        { content_by_lua_block { require("aioresty_bench").c() } }
         location = /cosocket { content_by_lua_block { require("aioresty_bench").cosocket() } }
         location = /stats    { content_by_lua_block { require("aioresty_bench").stats() } }
-    }
-}
 """
 
 
@@ -286,11 +304,11 @@ def wait_one_worker(nginx: Nginx, timeout: float = 10.0) -> int:
 
 
 def measure(port: int, worker: int, peer: int, variant: str, seconds: float) -> dict[str, float]:
-    uses_runtime = variant in ("python", "c")
+    uses_runtime = variant in ("python", "c", *ACCEL_VARIANTS)
     s0 = stats(port) if uses_runtime else {}
     t0 = thread_cpu(worker)
     w0, p0 = cpu_seconds(worker), cpu_seconds(peer)
-    res = wrk(port, f"/{variant}", seconds)
+    res = wrk(port, f"/{variant.removesuffix('_accel')}", seconds)
     w1, p1 = cpu_seconds(worker), cpu_seconds(peer)
     t1 = thread_cpu(worker)
     if res["non2xx"] or res["socket_errors"]:
@@ -311,11 +329,22 @@ def measure(port: int, worker: int, peer: int, variant: str, seconds: float) -> 
     return res
 
 
-def check_bodies(port: int) -> None:
-    for variant in VARIANTS:
-        status, body = get(port, f"/{variant}")
+def check_bodies(port: int, variants: tuple[str, ...] = VARIANTS) -> None:
+    for variant in variants:
+        status, body = get(port, f"/{variant.removesuffix('_accel')}")
         if (status, body) != (200, PAYLOAD + b"\n"):
             raise RuntimeError(f"/{variant} answered {status} {body[:200]!r}")
+
+
+def machine() -> dict[str, Any]:
+    """The "machine" entry of the nginx benchmarks' result files."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "nginx": subprocess.run(
+            ["nginx", "-v"], capture_output=True, text=True, timeout=10, check=False
+        ).stderr.strip(),
+    }
 
 
 def bad_log_lines(prefix: Path) -> list[str]:
@@ -341,11 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset (default: all)"
     )
+    parser.add_argument(
+        "--no-accel", action="store_true", help="leave out the accelerator's variants"
+    )
     args = parser.parse_args(argv)
     seconds = bench_seconds(5.0)
-    chosen = tuple(v for v in VARIANTS if v in args.variants.split(",") or v == "plain")
+    have_accel = not args.no_accel and (paths.lib_dir() / ACCEL_SO).is_file()
+    every = VARIANTS + (ACCEL_VARIANTS if have_accel else ())
+    wanted = args.variants.split(",") + (
+        list(ACCEL_VARIANTS) if args.variants == ",".join(VARIANTS) else []
+    )
+    chosen = tuple(v for v in every if v in wanted or v == "plain")
     # only a full run with the shipped Lua files is the benchmark of record
-    of_record = chosen == VARIANTS and not args.lua_first
+    of_record = chosen == every and not args.lua_first
+    if not have_accel:
+        print(f"bench-nginx: {paths.lib_dir() / ACCEL_SO} not used: no accelerated variants")
 
     why = missing() or (None if shutil.which("wrk") else "wrk is not installed")
     if why:
@@ -368,19 +407,35 @@ def main(argv: list[str] | None = None) -> int:
         "__PEER__": str(peer_path),
         "__SIZE__": str(PAYLOAD_SIZE),
         "__LUA_FIRST__": f"{Path(args.lua_first).resolve()}/?.lua;" if args.lua_first else "",
+        "__BENCH_MODULE__": "aioresty_bench",
+        "__LOCATIONS__": LOCATIONS,
     }
 
     def fill(text: str) -> str:
-        for key, value in subst.items():
+        for key, value in subst.items():  # (LOCATIONS holds no other key)
             text = text.replace(key, value)
         return text
 
     (prefix / "bench" / "aioresty_bench.lua").write_text(fill(BENCH_LUA))
     conf = prefix / "nginx.conf"
-    conf.write_text(fill(CONF))
+    conf.write_text(fill(CONF).replace("__ACCEL__", ""))
+    # the accelerated twin: its own prefix (logs, pid, wake sockets) and port
+    aprefix = make_prefix(prefix / "accel")
+    (aprefix / "sock").mkdir(mode=0o1777, exist_ok=True)
+    os.chmod(aprefix / "sock", 0o1777)
+    aport = free_port()
+    aconf = aprefix / "nginx.conf"
+    aconf.write_text(
+        fill(CONF)
+        .replace("__ACCEL__", f"load_module {paths.lib_dir() / ACCEL_SO};")
+        .replace(f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{aport};")
+        .replace(f'socket_dir = "{prefix}/sock"', f'socket_dir = "{aprefix}/sock"')
+    )
 
     peer = Peer(peer_path, args.peer_impl)
     nginx = Nginx(conf, prefix, runtime_env([ROOT]), output=prefix / "logs" / "stdout.log")
+    anginx = Nginx(aconf, aprefix, runtime_env([ROOT]), output=aprefix / "logs" / "stdout.log")
+    use_accel = any(v in ACCEL_VARIANTS for v in chosen)
     samples: dict[str, list[dict[str, float]]] = {v: [] for v in chosen}
     ok = False
     try:
@@ -388,16 +443,22 @@ def main(argv: list[str] | None = None) -> int:
         nginx.start(wait_for=[("127.0.0.1", port)])
         worker = wait_one_worker(nginx)
         check_bodies(port)
+        where = {v: (port, worker) for v in VARIANTS}
+        if use_accel:
+            anginx.start(wait_for=[("127.0.0.1", aport)])
+            where.update({v: (aport, wait_one_worker(anginx)) for v in ACCEL_VARIANTS})
+            check_bodies(aport, ACCEL_VARIANTS)
         warm = min(1.0, seconds)
         for variant in chosen:  # starts the runtimes, warms LuaJIT and the pool
-            wrk(port, f"/{variant}", warm)
+            wrk(where[variant][0], f"/{variant.removesuffix('_accel')}", warm)
         c0 = cpu_seconds(worker)
         time.sleep(1.0)
         idle_ms = (cpu_seconds(worker) - c0) * 1e3
         load0 = os.getloadavg()
         for r in range(args.rounds):
             for variant in chosen:
-                res = measure(port, worker, peer.pid, variant, seconds)
+                vport, vworker = where[variant]
+                res = measure(vport, vworker, peer.pid, variant, seconds)
                 samples[variant].append(res)
                 print(
                     f"round {r + 1} {variant:9} {res['rps']:9.0f} req/s  "
@@ -406,11 +467,13 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         final_stats = stats(port)
+        accel_stats = stats(aport) if use_accel else {}
         ok = True
     finally:
         nginx.stop(graceful=True, timeout=10.0)
+        anginx.stop(graceful=True, timeout=10.0)
         peer.stop()
-        bad = bad_log_lines(prefix)
+        bad = bad_log_lines(prefix) + bad_log_lines(aprefix)
         if ok and not args.keep and not bad:
             shutil.rmtree(prefix, ignore_errors=True)
         else:
@@ -435,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         if variant == "cosocket":
             peer_cpu, total = a["peer_cpu_us_per_req"], a["cpu_us_per_req_with_peer"]
             cpu_txt += f" (+{peer_cpu:.2f} peer = {total:.2f})"
-        elif variant in ("python", "c"):
+        elif variant in ("python", "c", *ACCEL_VARIANTS):
             loop, rt = a["loop_thread_cpu_us_per_req"], a["runtime_threads_cpu_us_per_req"]
             cpu_txt += f" (nginx {loop:.2f} + runtime {rt:.2f})"
         per_wake = f"{a['completions_per_wake']:.1f}" if "completions_per_wake" in a else "-"
@@ -469,9 +532,20 @@ def main(argv: list[str] | None = None) -> int:
         "lua_python_vs_cosocket": ratio("python", "cosocket"),
         "lua_c_vs_plain": ratio("c", "plain"),
     }
+    if have_accel:
+        ratios["lua_python_vs_plain_accel"] = ratio("python_accel", "plain")
+        ratios["lua_c_vs_plain_accel"] = ratio("c_accel", "plain")
     cpu_ratios = {  # CPU per request relative to plain (lower is better; DESIGN.md §7)
         "python_vs_plain": ratio("python", "plain", cpu),
         "c_vs_plain": ratio("c", "plain", cpu),
+        **(
+            {
+                "python_accel_vs_plain": ratio("python_accel", "plain", cpu),
+                "c_accel_vs_plain": ratio("c_accel", "plain", cpu),
+            }
+            if have_accel
+            else {}
+        ),
         "cosocket_worker_vs_plain": ratio("cosocket", "plain", cpu),
         "cosocket_with_peer_vs_plain": round(
             results["cosocket"]["cpu_us_per_req_with_peer"] / results["plain"][cpu], 3
@@ -487,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cpu {k}: {v}")
     print(f"worker CPU while idle: {idle_ms:.1f} ms/s; load average before: {load0[0]:.2f}")
     print(f"aioresty.nginx.stats(): {final_stats}")
+    if accel_stats:
+        print(f"accelerated aioresty.nginx.stats(): {accel_stats}")
     path = write_result(
         "nginx",
         {
@@ -506,15 +582,10 @@ def main(argv: list[str] | None = None) -> int:
                 "c_runtime": "ffi_c_echo",
                 "cpu": "utime+stime of the nginx worker (all threads) / requests",
                 "idle_worker_cpu_ms_per_s": round(idle_ms, 2),
+                "accelerator": have_accel,
                 "loadavg_before": load0[0],
             },
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "nginx": subprocess.run(
-                    ["nginx", "-v"], capture_output=True, text=True, timeout=10, check=False
-                ).stderr.strip(),
-            },
+            "machine": machine(),
         },
     )
     print(f"wrote {path}")

@@ -16,6 +16,14 @@
 -- drain (and only the drain) releases it.  A waiter that gives up (timeout,
 -- client abort) calls arn_abort and forgets the task.
 --
+-- The accelerator (native/nginx/accel, docs/nginx.md): when nginx loaded
+-- ngx_http_aioresty_accel_module.so, its symbols are in ffi.C; each worker
+-- then hands the module libaioresty_nginx's function table (attach) and
+-- calls go through aioresty_accel_call + coroutine._yield: the module owns
+-- an eventfd, drains the completions and resumes each coroutine itself
+-- (no wake socket, no timer, no semaphore).  Without the module, or when
+-- attaching fails (logged), the stock path above serves the worker.
+--
 -- Public: _M.call (used by resty_ffi.lua), _M.check_process, _M.abort_request,
 -- _M.configure, _M.metrics, _M.stats.
 
@@ -27,6 +35,10 @@ local ffi_new = ffi.new
 local ffi_string = ffi.string
 local ffi_load = ffi.load
 local ffi_copy = ffi.copy
+local C = ffi.C
+local base = require "resty.core.base"
+local get_request = base.get_request
+local co_yield = coroutine._yield
 local sema_new = semaphore.new
 local ngx = ngx
 local ngx_log = ngx.log
@@ -71,6 +83,15 @@ long arn_outstanding(void);
 int arn_stats(char *buf, size_t len);
 void arn_set_log_level(int ngx_level);
 size_t arn_take_logs(const char **out, unsigned long *dropped);
+const void *arn_accel_ops_get(void);
+int aioresty_accel_active(void);
+int aioresty_accel_version(char *buf, size_t len);
+int aioresty_accel_attach(const void *ops);
+int aioresty_accel_call(void *r, struct ar_queue *q, const char *method, size_t mlen,
+                        const char *req, size_t rlen, double timeout_ms);
+int aioresty_accel_cancel(int32_t id, const char *reason, size_t len);
+long aioresty_accel_waiting(void);
+int aioresty_accel_stats(char *buf, size_t len);
 ]]
 
 local _M = { _VERSION = "0.1" }
@@ -99,6 +120,7 @@ local PATH_MAX = 108
 local NL                 -- the ffi.load'ed libaioresty_nginx.so (kept alive)
 local socket_dir         -- nil: $TMPDIR or /tmp (C side)
 local running = false    -- the wake timer of this worker is scheduled/running
+local accel = false      -- this worker's calls go through the accelerator module
 local waiters = {}       -- id -> waiter {sema, task, done, rc, rsp, err}
 local n_waiters = 0
 local next_id = 0
@@ -326,6 +348,17 @@ local function sentinel(premature)
     end
 end
 
+-- Is ngx_http_aioresty_accel_module loaded and ready in this process?
+local accel_checked, accel_ok
+local function accel_present()
+    if not accel_checked then
+        accel_checked = true
+        local ok, active = pcall(function() return C.aioresty_accel_active() end)
+        accel_ok = ok and active == 1
+    end
+    return accel_ok
+end
+
 local function start()
     local ok, err = check_process()
     if not ok then
@@ -338,6 +371,18 @@ local function start()
     end
     if worker_exiting() then
         return nil, "aioresty: worker is exiting"
+    end
+    if accel_present() then
+        local rc = C.aioresty_accel_attach(lib.arn_accel_ops_get())
+        if rc == 0 then
+            accel = true
+            running = true
+            ngx_log(NOTICE, "aioresty: accelerator attached in worker ", worker_pid())
+            metrics.start()
+            return true
+        end
+        ngx_log(WARN, "aioresty: the accelerator module is loaded but refused to attach (",
+                strerror(rc), "): the stock wake loop serves worker ", worker_pid())
     end
     ok, err = timer_at(0, wake_loop)
     if not ok then
@@ -411,6 +456,16 @@ function _M.abort_request(reason)
         return 0
     end
     local n = 0
+    if accel then
+        local why = reason or "aborted"
+        for id in pairs(inflight) do
+            inflight[id] = nil
+            -- the coroutine resumes from nginx's posted events with nil, why
+            n = n + C.aioresty_accel_cancel(id, why, #why)
+        end
+        st.aborts = st.aborts + n
+        return n
+    end
     for id, w in pairs(inflight) do
         inflight[id] = nil
         if waiters[id] == w then
@@ -425,6 +480,35 @@ function _M.abort_request(reason)
     st.aborts = st.aborts + n
     kick_if_idle_exit()
     return n
+end
+
+-- The accelerated call: the module binds this coroutine to the task and
+-- resumes it with rc, rsp (answered) or nil, err (timeout, abort_request).
+local function accel_call(q, method, req, timeout_ms, phase)
+    local r = get_request()
+    if not r then
+        return nil, "aioresty: no request found"
+    end
+    if type(timeout_ms) ~= "number" or not (timeout_ms >= 0) then
+        timeout_ms = DEFAULT_TIMEOUT_MS
+    end
+    local id = C.aioresty_accel_call(r, q, method, #method, req, req and #req or 0,
+                                     timeout_ms)
+    if id < 0 then
+        return nil, strerror(id)
+    end
+    local inflight
+    if ABORTABLE[phase] then
+        inflight = watch_abort(id, true)
+    end
+    local rc, rsp = co_yield()
+    if inflight then
+        inflight[id] = nil
+    end
+    if rc == nil and rsp == "timeout" then
+        st.timeouts = st.timeouts + 1
+    end
+    return rc, rsp
 end
 
 -- adapter.call(q, method, req, handle, timeout_ms) -> rc, rsp | nil, err
@@ -442,6 +526,9 @@ function _M.call(q, method, req, handle, timeout_ms) -- luacheck: ignore handle
     end
     if req ~= nil and type(req) ~= "string" then
         req = tostring(req)
+    end
+    if accel then
+        return accel_call(q, method, req, timeout_ms, phase)
     end
 
     local id = next_id + 1
@@ -531,6 +618,18 @@ end
 -- (needs `lua_shared_dict aioresty_metrics 1m;`; aioresty/nginx_metrics.lua).
 _M.metrics = metrics.serve
 
+-- true when this worker's calls go through the accelerator module; the
+-- second value describes the module (what it was built for) when loaded.
+function _M.accelerated()
+    local desc
+    if accel_present() then
+        local buf = ffi_new("char[?]", 256)
+        C.aioresty_accel_version(buf, 256)
+        desc = ffi_string(buf)
+    end
+    return accel, desc
+end
+
 -- Diagnostics: a one-line summary for logs and tests.
 function _M.stats()
     local lib = load_lib()
@@ -540,8 +639,19 @@ function _M.stats()
         lib.arn_stats(buf, 256)
         native = ffi_string(buf)
     end
-    return native .. " waiters=" .. n_waiters .. " lua_wakes=" .. st.wakes
-           .. " lua_drained=" .. st.drained .. " max_batch=" .. st.max_batch
+    local wakes, drained, max_batch = st.wakes, st.drained, st.max_batch
+    if accel then
+        local buf = ffi_new("char[?]", 512)
+        C.aioresty_accel_stats(buf, 512)
+        local a = ffi_string(buf)
+        native = native .. " accel=1 " .. a
+        -- the same keys as the stock path's, from the module's counters
+        wakes = tonumber(a:match("accel_wakes=(%d+)"))
+        drained = tonumber(a:match("accel_drained=(%d+)"))
+        max_batch = tonumber(a:match("accel_max_batch=(%d+)"))
+    end
+    return native .. " waiters=" .. n_waiters .. " lua_wakes=" .. wakes
+           .. " lua_drained=" .. drained .. " max_batch=" .. max_batch
            .. " timeouts=" .. st.timeouts .. " aborts=" .. st.aborts
            .. " reconnects=" .. st.reconnects .. " running=" .. tostring(running)
 end

@@ -39,6 +39,7 @@ static struct waker {
     size_t outstanding; /* posted, not yet drained */
     int wake_pending;   /* 1 = a wake byte is on its way */
     int conn_fd;        /* our end of the wake connection, -1 = none */
+    int conn_eventfd;   /* 1: conn_fd is the accelerator's eventfd (not ours to close) */
 
     done_vec back;           /* Lua thread only */
     int listen_fd;           /* between arn_listen and arn_accept; Lua thread */
@@ -83,23 +84,40 @@ static void at_exit(void)
 static void sink_complete(ar_task *t, void *ctx);
 static const ar_sink SINK = {sink_complete, &W};
 
+/* Forks seen by this library (pthread_atfork child handler): ensure_process
+ * asks the kernel for the pid only after one, not on every call (getpid is a
+ * system call: it was three per call, measured with strace, docs/nginx.md). */
+static atomic_uint g_forks;
+static unsigned g_forks_seen; /* Lua thread */
+
+static void on_fork_child(void)
+{
+    atomic_fetch_add(&g_forks, 1);
+}
+
 /* Bind the waker to the calling process.  After a fork the child forgets the
  * parent's state: the arrays' contents are the parent's tasks (copies, not
  * ours to release) and the fds are the parent's connection.  Lua thread. */
 static void ensure_process(void)
 {
+    unsigned forks = atomic_load(&g_forks);
+    if (W.pid != 0 && forks == g_forks_seen)
+        return;
+    g_forks_seen = forks;
     pid_t me = getpid();
     if (W.pid == me)
         return;
     if (W.pid == 0) {
         atexit(at_exit); /* registered once; at_exit checks the pid */
+        pthread_atfork(NULL, NULL, on_fork_child);
     } else {
         /* forked copy: no runtime thread of ours can hold W.mu here, since
          * threads do not survive fork; re-initialise it anyway. */
         pthread_mutex_init(&W.mu, NULL);
-        if (W.conn_fd >= 0)
+        if (W.conn_fd >= 0 && !W.conn_eventfd)
             close(W.conn_fd);
         W.conn_fd = -1;
+        W.conn_eventfd = 0;
         if (W.listen_fd >= 0)
             close(W.listen_fd);
         W.listen_fd = -1;
@@ -141,6 +159,18 @@ static int write_wake_locked(void)
     if (W.conn_fd < 0)
         return -1;
     ssize_t n;
+    if (W.conn_eventfd) {
+        uint64_t one = 1;
+        do {
+            n = write(W.conn_fd, &one, sizeof one);
+        } while (n < 0 && errno == EINTR);
+        if (n == (ssize_t)sizeof one) {
+            atomic_fetch_add(&W.n_wakes, 1);
+            return 0;
+        }
+        /* EAGAIN: the counter is near overflow, i.e. unread: the reader wakes */
+        return errno == EAGAIN ? 0 : -1;
+    }
     do {
         n = send(W.conn_fd, "!", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
@@ -336,9 +366,10 @@ int arn_accept(void)
         return err ? -err : -EPERM;
 
     pthread_mutex_lock(&W.mu);
-    if (W.conn_fd >= 0)
+    if (W.conn_fd >= 0 && !W.conn_eventfd)
         close(W.conn_fd);
     W.conn_fd = found;
+    W.conn_eventfd = 0;
     /* whatever completed while nobody listened: wake the reader now */
     W.wake_pending = write_wake_locked() == 0;
     pthread_mutex_unlock(&W.mu);
@@ -368,9 +399,10 @@ void arn_disconnect(void)
 {
     ensure_process();
     pthread_mutex_lock(&W.mu);
-    if (W.conn_fd >= 0)
+    if (W.conn_fd >= 0 && !W.conn_eventfd)
         close(W.conn_fd);
     W.conn_fd = -1;
+    W.conn_eventfd = 0;
     W.wake_pending = 0;
     pthread_mutex_unlock(&W.mu);
     if (W.listen_fd >= 0) {
@@ -378,6 +410,43 @@ void arn_disconnect(void)
         W.listen_fd = -1;
     }
     remove_socket_file();
+}
+
+int arn_set_wake_eventfd(int fd)
+{
+    ensure_process();
+    pthread_mutex_lock(&W.mu);
+    if (W.conn_fd >= 0 && !W.conn_eventfd)
+        close(W.conn_fd);
+    /* under W.mu: no sink is writing to the old descriptor once we return,
+     * so the accelerator may close it after detaching (fd -1) */
+    W.conn_fd = fd < 0 ? -1 : fd;
+    W.conn_eventfd = fd >= 0;
+    W.wake_pending = 0;
+    int rc = 0;
+    if (fd >= 0) {
+        /* whatever completed before: wake the reader now */
+        rc = write_wake_locked() == 0 ? 0 : -EBADF;
+        W.wake_pending = rc == 0;
+    }
+    pthread_mutex_unlock(&W.mu);
+    return rc;
+}
+
+static const arn_accel_ops ACCEL_OPS = {
+    .abi = ARN_ACCEL_ABI,
+    .size = sizeof(arn_accel_ops),
+    .post = arn_post,
+    .drain = arn_drain,
+    .release = arn_release,
+    .abort = arn_abort,
+    .take_logs = arn_take_logs,
+    .set_wake_eventfd = arn_set_wake_eventfd,
+};
+
+const arn_accel_ops *arn_accel_ops_get(void)
+{
+    return &ACCEL_OPS;
 }
 
 long arn_outstanding(void)

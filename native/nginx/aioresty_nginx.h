@@ -103,6 +103,33 @@ AR_API long arn_outstanding(void);
 /* Counters: posted, completed, wakes written, drains, drained. */
 AR_API int arn_stats(char *buf, size_t len);
 
+/* The optional accelerator (native/nginx/accel, docs/nginx.md "The
+ * accelerator"): an nginx module that owns an eventfd per worker and resumes
+ * waiting coroutines itself.  It calls this library only through the
+ * function table arn_accel_ops() returns (Lua hands the pointer over), so it
+ * needs no link to it and always uses the copy Lua loaded.  Every function
+ * in the table is called on the worker's Lua thread. */
+#define ARN_ACCEL_ABI 1
+typedef struct arn_accel_ops {
+    uint32_t abi;  /* ARN_ACCEL_ABI */
+    uint32_t size; /* sizeof(arn_accel_ops) */
+    int (*post)(ar_queue *q, const char *method, size_t mlen, const char *req, size_t rlen,
+                int32_t id, ar_task **out);               /* arn_post */
+    int (*drain)(arn_done **out);                         /* arn_drain */
+    void (*release)(ar_task *t);                          /* arn_release */
+    void (*abort)(ar_task *t);                            /* arn_abort */
+    size_t (*take_logs)(const char **out, unsigned long *dropped); /* arn_take_logs */
+    int (*set_wake_eventfd)(int fd);                      /* arn_set_wake_eventfd */
+} arn_accel_ops;
+AR_API const arn_accel_ops *arn_accel_ops_get(void);
+
+/* Wake through an eventfd instead of the unix-socket connection: the sink
+ * writes an 8-byte 1 when "wake pending" flips 0 -> 1.  The fd stays the
+ * caller's (the accelerator's): arn_disconnect never closes it; -1 detaches
+ * it (the accelerator does so before closing it at worker exit).  Forces one
+ * wake.  0 or -errno. */
+AR_API int arn_set_wake_eventfd(int fd);
+
 /* The core's log lines (ar_log: aioresty's own and Python logging) go to
  * nginx's error log: arn_set_log_level (Lua thread, before the first
  * runtime loads) installs a logger that queues each line kept by ngx_level

@@ -6,6 +6,13 @@ workers as `nobody` when that user is root) in a private prefix, on free
 to the repository's lua/ directory.  Python runtimes run in the workers from the
 repository checkout (PYTHONPATH) in the venv given by AIORESTY_VENV / VIRTUAL_ENV
 (else the interpreter running pytest).  Every wait is bounded.
+
+The `nginx` fixture runs each test twice: "stock" (aioresty's wake socket, timer and
+semaphores) and "accel" (with `load_module ngx_http_aioresty_accel_module.so`, the
+optional accelerator, native/nginx/accel), which Nginx.start() adds after the lua
+module's load_module line of whatever config the test wrote.  A test about one path
+only takes that one: ``@pytest.mark.parametrize("nginx", ["stock"], indirect=True)``.
+AIORESTY_NGINX_PATHS=stock (or accel) runs one of them only.
 """
 
 from __future__ import annotations
@@ -36,6 +43,14 @@ RESTY_CORE = Path("/usr/share/lua/5.1")
 def lib_dir() -> Path:
     """aioresty.paths.lib_dir()."""
     return paths.lib_dir()
+
+
+ACCEL_MODULE = "ngx_http_aioresty_accel_module.so"
+PATHS = ("stock", "accel")
+
+
+def accel_module() -> Path:
+    return lib_dir() / ACCEL_MODULE
 
 
 def venv_dir() -> str:
@@ -92,8 +107,9 @@ METRICS_LOCATION = (
 class Nginx:
     """One nginx instance in its own prefix."""
 
-    def __init__(self, prefix: Path, port: int):
+    def __init__(self, prefix: Path, port: int, accel: bool = False):
         self.prefix = prefix
+        self.accel = accel  # load the accelerator module (see the module docstring)
         self.port = port
         self.proc: subprocess.Popen | None = None
         self.sock_dir = prefix / "sock"
@@ -168,7 +184,23 @@ http {{
         return env
 
     # -- process control -------------------------------------------------
+    def add_accel_module(self) -> None:
+        """load_module the accelerator right after the lua module's load_module."""
+        text = self.conf.read_text()
+        if ACCEL_MODULE in text:
+            return
+        lines = text.splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            if "ngx_http_lua_module.so" in line and line.lstrip().startswith("load_module"):
+                lines.insert(i + 1, f"load_module {accel_module()};\n")
+                break
+        else:
+            raise AssertionError("the config loads no ngx_http_lua_module.so")
+        self.conf.write_text("".join(lines))
+
     def start(self, timeout: float = 15.0) -> None:
+        if self.accel:
+            self.add_accel_module()
         self.stdout = open(self.prefix / "stdout.log", "wb")
         self.proc = subprocess.Popen(
             [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
@@ -245,14 +277,25 @@ http {{
         return http_request(self.port, verb, path, body, headers, timeout)
 
 
-@pytest.fixture
-def nginx():
+def _paths() -> list[str]:
+    only = os.environ.get("AIORESTY_NGINX_PATHS")
+    return [p for p in PATHS if not only or p in only.split(",")]
+
+
+@pytest.fixture(params=_paths())
+def nginx(request):
     why = _missing()
     if why:
         pytest.skip(why)
+    accel = request.param == "accel"
+    if accel and not accel_module().is_file():
+        pytest.skip(
+            f"{accel_module()} not built (the build says why: nginx-dev or the lua module's "
+            "source missing; make deps fetches them)"
+        )
     prefix = Path(tempfile.mkdtemp(prefix="aioresty-nginx-"))
     os.chmod(prefix, 0o755)  # workers run as nobody when the master is root
-    inst = Nginx(prefix, free_port())
+    inst = Nginx(prefix, free_port(), accel=accel)
     try:
         yield inst
     finally:
