@@ -24,7 +24,15 @@ BEGIN, END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
 TARGETS: dict[str, dict[str, tuple[str, float]]] = {
     "core": {"python_vs_c_16b": (">=", 0.30)},
     "envoy": {"lua_python_vs_direct": (">=", 0.35), "lua_python_vs_sidecar": (">=", 2.0)},
-    "nginx": {"lua_python_vs_plain": (">=", 0.50), "lua_python_vs_cosocket": (">=", 1.5)},
+    "nginx": {
+        "lua_python_vs_plain": (">=", 0.50),
+        "lua_python_vs_cosocket": (">=", 1.5),
+        "lua_python_vs_plain_accel": (">=", 0.80),
+    },
+    "nginx_seq": {  # our us per sequential call / a unix-socket cosocket peer's (pinned)
+        "c_vs_uds_512_accel": ("<=", 0.5),
+        "python_vs_uds_512_accel": ("<=", 0.7),
+    },
     "filter": {
         "passthrough_vs_plain": (">=", 0.70),
         "auth_vs_extproc_rps": (">=", 5.0),
@@ -35,7 +43,7 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "luamod_cpu_vs_bridge_cpu": ("<=", 0.40),
     },
 }
-ORDER = ["core", "envoy", "nginx", "filter", "luamod"]
+ORDER = ["core", "envoy", "nginx", "nginx_seq", "filter", "luamod"]
 
 
 def load() -> dict[str, dict[str, Any]]:
@@ -121,6 +129,8 @@ def page(results: dict[str, dict[str, Any]]) -> str:
 
 
 def readme_with(text: str, table: str) -> str:
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} markers")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{BEGIN}\n{table}\n{END}{tail}"

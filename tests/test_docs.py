@@ -4,6 +4,8 @@ CLI accepts, and its example builds; the metrics page lists every family of the 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -60,3 +62,15 @@ def test_the_metrics_page_lists_every_family() -> None:
     assert envoy_config.stats_config()["histogram_bucket_settings"][0]["buckets"] == list(
         _native.metric_call_bounds()
     )
+
+
+def test_the_benchmark_tables_are_the_results() -> None:
+    """README's and docs/benchmarks.md's figures are generated from the committed
+    benchmarks/results/*.json (make bench-table): neither can say another number."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "table.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
