@@ -60,9 +60,11 @@ def median(values: list[float]) -> float:
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """benchmarks/results/<name>.json, with the machine's load averages at the
     end of the run (other work on a 2-core machine moves every figure)."""
-    machine = payload.setdefault("machine", {})
-    if isinstance(machine, dict):
-        machine.setdefault("loadavg_1_5_15", [round(x, 2) for x in os.getloadavg()])
+    machine = payload.get("machine", {})
+    if not isinstance(machine, dict):
+        machine = {"description": str(machine)}
+    machine.setdefault("loadavg_1_5_15", [round(x, 2) for x in os.getloadavg()])
+    payload["machine"] = machine
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -50,7 +50,7 @@ def load() -> dict[str, dict[str, Any]]:
     out = {}
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
-        out[data.get("benchmark", path.stem)] = data
+        out[path.stem] = data  # results/<name>.json: make bench-<name>
     return out
 
 
@@ -102,6 +102,8 @@ def page(results: dict[str, dict[str, Any]]) -> str:
         data = results[bench]
         out += ["", f"## {bench}", ""]
         machine = data.get("machine") or {}
+        if not isinstance(machine, dict):
+            machine = {"machine": machine}
         params = data.get("params") or {}
         if machine or params:
             out += [
