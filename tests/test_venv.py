@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from aioresty.cli import envoy_binary
-from tests.democheck import check_demo_output
+from tests.democheck import run_demo_check
 from tests.hostlib import LIB_DIR, ROOT, VENV, Host, host_env
-from tests.netutil import free_port
 
 
 def test_fresh_venv_with_aioresty_installed(tmp_path: Path, testhost_exe: Path) -> None:
@@ -66,25 +65,7 @@ def test_fresh_venv_with_aioresty_installed(tmp_path: Path, testhost_exe: Path) 
     assert last == "exit tasks=0 queues=0", h.stderr
     # the Envoy demo runs from the installed package, outside the repository
     # (issue 12, point 5); Envoy itself from $ENVOY, as a user may point it
-    demo = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-m",
-            "aioresty.demo",
-            "--check",
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--admin",
-            f"127.0.0.1:{free_port()}",
-        ],
-        cwd=tmp_path,
-        env={**env, "ENVOY": envoy_binary()},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert demo.returncode == 0, demo.stdout + demo.stderr
-    check_demo_output(demo.stdout)
+    run_demo_check(venv / "bin" / "python", tmp_path, {**env, "ENVOY": envoy_binary()})
 
 
 # -- the embedded interpreter is the venv's own ---------------------------------------------

@@ -113,25 +113,7 @@ def _site(venv: Path) -> Path:
 
 
 def _demo_check(venv: Path, cwd: Path) -> None:
-    demo = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-m",
-            "aioresty.demo",
-            "--check",
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--admin",
-            f"127.0.0.1:{free_port()}",
-        ],
-        cwd=cwd,
-        env=_clean_env(ENVOY=envoy_binary()),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert demo.returncode == 0, demo.stdout + demo.stderr
-    check_demo_output(demo.stdout)
+    run_demo_check(venv / "bin" / "python", cwd, _clean_env(ENVOY=envoy_binary()))
 
 
 def _get(
