@@ -36,7 +36,7 @@ VENV := $(ROOT)/.venv-$(PY_XY)
 endif
 PY := $(VENV)/bin/python
 APT_PKGS := build-essential python3-dev python3-venv valgrind curl golang-go wrk \
-            nginx-light libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-cjson nginx-dev libpcre3-dev \
+            nginx-light libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-cjson nginx-dev libpcre3-dev libluajit2-5.1-dev \
             redis-server postgresql
 STAMP := $(VENV)/.aioresty-installed
 LUA_MOD_SRC := $(ROOT)/.deps/lua-nginx-module

@@ -8,9 +8,9 @@ ACCEL_DIR := $(HERE)/nginx/accel
 ACCEL_SO := $(OUT)/ngx_http_aioresty_accel_module.so
 NGX_DEV_SRC ?= /usr/share/nginx/src
 LUA_MOD_SRC ?= $(HERE)/../.deps/lua-nginx-module
-# LuaJIT's headers: the luajit2 source `make deps` fetched, else Debian's -dev package
-ACCEL_LUAJIT_INC ?= $(firstword $(patsubst %/lua.h,%,$(wildcard $(HERE)/../.deps/luajit2/src/lua.h \
-                                 /usr/include/luajit-2.1/lua.h)))
+# LuaJIT's headers: those of the LuaJIT the lua module runs on (Debian's luajit2,
+# libluajit2-5.1-dev, which `make deps` installs)
+ACCEL_LUAJIT_INC ?= $(patsubst %/lua.h,%,$(wildcard /usr/include/luajit-2.1/lua.h))
 ACCEL_BUILD := $(HERE)/build/nginx-accel
 ACCEL_LUA_PKG := $(shell cat $(LUA_MOD_SRC)/.aioresty-version 2>/dev/null)
 ACCEL_LUA_INSTALLED := $(shell dpkg-query -W -f '$${Version}' libnginx-mod-http-lua 2>/dev/null \
@@ -27,7 +27,7 @@ else ifneq ($(ACCEL_LUA_PKG),$(ACCEL_LUA_INSTALLED))
 ACCEL_WHY := $(LUA_MOD_SRC) is libnginx-mod-http-lua $(ACCEL_LUA_PKG), the installed one is \
              $(ACCEL_LUA_INSTALLED) (make deps fetches the matching source)
 else ifeq ($(ACCEL_LUAJIT_INC),)
-ACCEL_WHY := no LuaJIT headers (.deps/luajit2 or libluajit2-5.1-dev)
+ACCEL_WHY := no LuaJIT headers (apt-get install libluajit2-5.1-dev)
 endif
 
 ifeq ($(ACCEL_WHY),)
