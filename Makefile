@@ -245,13 +245,13 @@ sdist: dist-tools
 wheels: dist-tools
 	$(DIST_TOOLS)/bin/python scripts/dist.py --out $(DIST) $(addprefix --python ,$(WHEEL_PYTHONS))
 
-# Builds the sdist and the wheels (tests/dist), installs each into a fresh venv of its
+# Builds the sdist and the wheels (tests/packaging), installs each into a fresh venv of its
 # Python and runs the Envoy demo check and the nginx example from there.
 test-dist: venv python-access dist-tools
 	@$(foreach py,$(WHEEL_PYTHONS),( $(call grant_access,$(py)) );)
 	cd $(ROOT) && env -u VIRTUAL_ENV AIORESTY_VENV=$(VENV) AIORESTY_NO_SKIP=1 AIORESTY_TEST_DIST=1 \
 	  AIORESTY_DIST_TOOLS=$(DIST_TOOLS)/bin/python AIORESTY_WHEEL_PYTHONS="$(WHEEL_PYTHONS)" \
-	  $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/dist
+	  $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/packaging
 
 clean:
 	rm -rf native/build aioresty/_lib aioresty/_native*.so build *.egg-info dist

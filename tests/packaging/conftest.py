@@ -1,4 +1,4 @@
-"""tests/dist builds the sdist and the wheels (minutes): only with AIORESTY_TEST_DIST=1
+"""tests/packaging builds the sdist and the wheels (minutes): only with AIORESTY_TEST_DIST=1
 (make test-dist, which .ci/run calls), never in a plain `make test` / `pytest`."""
 
 import os

@@ -23,9 +23,9 @@ import pytest
 
 from aioresty import nginx_run
 from aioresty.cli import envoy_binary
+from tests.democheck import run_demo_check
 from tests.hostlib import ROOT
 from tests.netutil import free_port
-from tests.test_demo import check_demo_output
 
 PYTHONS = os.environ.get("AIORESTY_WHEEL_PYTHONS", sys.executable).split()
 TOOLS = os.environ.get("AIORESTY_DIST_TOOLS", "")
