@@ -374,26 +374,25 @@ local function start()
     end
     if accel_present() then
         local rc = C.aioresty_accel_attach(lib.arn_accel_ops_get())
-        if rc == 0 then
-            accel = true
-            running = true
-            ngx_log(NOTICE, "aioresty: accelerator attached in worker ", worker_pid())
-            metrics.start()
-            return true
+        accel = rc == 0
+        if not accel then
+            ngx_log(WARN, "aioresty: the accelerator module is loaded but refused to attach (",
+                    strerror(rc), "): the stock wake loop serves worker ", worker_pid())
         end
-        ngx_log(WARN, "aioresty: the accelerator module is loaded but refused to attach (",
-                strerror(rc), "): the stock wake loop serves worker ", worker_pid())
     end
-    ok, err = timer_at(0, wake_loop)
-    if not ok then
-        return nil, "aioresty: cannot start the wake timer: " .. tostring(err)
-    end
-    ok, err = timer_at(365 * 86400, sentinel)
-    if not ok then
-        ngx_log(WARN, "aioresty: no exit sentinel timer: ", err)
+    if not accel then
+        ok, err = timer_at(0, wake_loop)
+        if not ok then
+            return nil, "aioresty: cannot start the wake timer: " .. tostring(err)
+        end
+        ok, err = timer_at(365 * 86400, sentinel)
+        if not ok then
+            ngx_log(WARN, "aioresty: no exit sentinel timer: ", err)
+        end
     end
     running = true
-    ngx_log(NOTICE, "aioresty: wake loop started in worker ", worker_pid())
+    ngx_log(NOTICE, accel and "aioresty: accelerator attached in worker "
+                          or "aioresty: wake loop started in worker ", worker_pid())
     metrics.start()
     return true
 end

@@ -68,7 +68,8 @@ void ar_stats_queue_init(ar_queue *q);      /* in ar_queue_create */
 void ar_stats_queue_fini(ar_queue *q);      /* with the queue's last reference */
 void ar_stats_set_runtime(ar_queue *q, const char *key);   /* before the runtime starts */
 ar_method_stats *ar_stats_method_locked(ar_queue *q, const char *m, size_t len);   /* q->mu */
-void ar_stats_posted(ar_method_stats *s, uint64_t *t0);
+uint64_t ar_stats_clock(void);                              /* CLOCK_MONOTONIC ns */
+void ar_stats_posted(ar_method_stats *s);                   /* q->mu */
 void ar_stats_answered(ar_method_stats *s, int rc, uint64_t t0);
 void ar_stats_rejected_locked(ar_queue *q, int code);      /* q->mu */
 

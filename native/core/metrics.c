@@ -148,18 +148,26 @@ ar_method_stats *ar_stats_method_locked(ar_queue *q, const char *m, size_t len)
     return st->other;
 }
 
-void ar_stats_posted(ar_method_stats *s, uint64_t *t0)
+uint64_t ar_stats_clock(void) { return now_ns(); }
+
+void ar_stats_posted(ar_method_stats *s)
 {
-    *t0 = now_ns();
     if (s) atomic_fetch_add_explicit(&s->calls, 1, memory_order_relaxed);
+}
+
+/* The bucket of v: the first bound >= v, else n (+Inf). */
+static int bucket_of(const double *bounds, int n, double v)
+{
+    int b = 0;
+    while (b < n && v > bounds[b]) b++;
+    return b;
 }
 
 void ar_stats_answered(ar_method_stats *s, int rc, uint64_t t0)
 {
     if (!s) return;
     uint64_t us = (now_ns() - t0) / 1000;
-    int b = 0;
-    while (b < AR_CALL_BOUNDS && (double)us > k_call_bounds[b]) b++;
+    int b = bucket_of(k_call_bounds, AR_CALL_BOUNDS, (double)us);
     atomic_fetch_add_explicit(&s->counts[b], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->sum_us, us, memory_order_relaxed);
     /* last: in_flight (calls - answers) never goes below the histogram */
@@ -281,13 +289,10 @@ void ar_metric_add(int handle, double value)
     if (!isfinite(value)) return;
     pthread_mutex_lock(&g_app_mu);
     app_series *s = handle < g_napp ? app_get(handle) : NULL;
-    if (!s) {
-    } else if (s->kind == AR_METRIC_HISTOGRAM) {
-        int b = 0;
-        while (b < s->nbounds && value > s->bounds[b]) b++;
-        s->counts[b]++;
+    if (s && s->kind == AR_METRIC_HISTOGRAM) {
+        s->counts[bucket_of(s->bounds, s->nbounds, value)]++;
         s->sum += value;
-    } else if (s->kind == AR_METRIC_GAUGE || value >= 0) {
+    } else if (s && (s->kind == AR_METRIC_GAUGE || value >= 0)) {
         s->value += value;
     }
     pthread_mutex_unlock(&g_app_mu);

@@ -253,6 +253,7 @@ static int post(ar_queue *q, ar_task *t, int defer, int *wake_owed)
 {
     int wake = 0, pollers;
     if (!q || !t || t->where != W_NEW) return AR_EINVAL;
+    uint64_t t0 = ar_stats_clock();         /* outside the lock: posters share it */
     pthread_mutex_lock(&q->mu);
     if (atomic_load(&q->closed)) {
         ar_stats_rejected_locked(q, AR_ECLOSED);
@@ -265,7 +266,8 @@ static int post(ar_queue *q, ar_task *t, int defer, int *wake_owed)
         return AR_EFULL;
     }
     t->stats = ar_stats_method_locked(q, t->method, t->method_len);
-    ar_stats_posted(t->stats, &t->t0);
+    t->t0 = t0;
+    ar_stats_posted(t->stats);
     t->id = atomic_fetch_add(&g_next_id, 1);
     t->queue = q;
     ar_queue_ref(q);                        /* dropped when the task is freed */
