@@ -1,12 +1,13 @@
 # aioresty - every target sets up what it needs (idempotent).
 #   make demo        the seed's Envoy demo on 127.0.0.1:8000 (curl through Envoy -> async Python)
-#   make demo-luamod the same demo, scripts in aioresty's LuaJIT filter (lua_mode = "module")
+#   make demo-lua-mode the same demo, scripts in aioresty's LuaJIT filter (script_mode = "lua")
 #   make test        all tests (ruff, mypy, pytest: unit, native core under valgrind, Envoy, nginx)
 #                    on /usr/bin/python3 (.venv), then on the newest pyenv 3.13.N if installed
 #                    ($(PYENV_ROOT)/versions/3.13.N, .venv-3.13); any failure fails the whole
 #   make test PYTHON=/path/to/python3   the same with that interpreter only
 #   make demo-nginx  the nginx example on 127.0.0.1:8080;  make demo-host: no proxy at all
-#   make bench-core | bench-envoy | bench-nginx | bench-nginx-seq -> benchmarks/results/<name>.json
+#   make bench-core | bench-envoy | bench-lua-mode | bench-python-mode | bench-nginx |
+#        bench-nginx-seq -> benchmarks/results/<name>.json (make bench-table: the docs' table)
 # PYTHON= works with every target: /usr/bin/python3 (the default) uses .venv, any other
 # interpreter .venv-X.Y, each with aioresty installed editable; all venvs share aioresty/_lib
 # (one Python loader per interpreter in it, native/python/build.mk).
@@ -205,21 +206,21 @@ bench-nginx-seq: venv python-access
 	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_nginx_seq.py
 
 # The same seed demo with the scripts in aioresty's LuaJIT filter inside the dynamic module
-# (lua_mode = "module", docs/luamod.md) on 127.0.0.1:8000; --check: smoke test
-.PHONY: demo-luamod
-demo-luamod: venv
-	cd $(ROOT) && $(VENV)/bin/python -m aioresty.demo --lua-mode module
+# (script_mode = "lua", docs/lua-mode.md) on 127.0.0.1:8000; --check: smoke test
+.PHONY: demo-lua-mode
+demo-lua-mode: venv
+	cd $(ROOT) && $(VENV)/bin/python -m aioresty.demo --script-mode lua
 
-# Envoy "lua" filter mode benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/luamod.json
-.PHONY: bench-luamod
-bench-luamod: venv
-	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_luamod.py
+# Envoy "lua" filter mode benchmark (wrk, BENCH_SECONDS=5 per run) -> benchmarks/results/lua_mode.json
+.PHONY: bench-lua-mode
+bench-lua-mode: venv
+	cd $(ROOT) && $(VENV)/bin/python benchmarks/bench_lua_mode.py
 
-# Python HTTP filter vs plain Envoy vs ext_proc+grpcio (BENCH_SECONDS=5) -> benchmarks/results/filter.json
-.PHONY: bench-filter
-bench-filter: venv
+# Python HTTP filter vs plain Envoy vs ext_proc+grpcio (BENCH_SECONDS=5) -> benchmarks/results/python_mode.json
+.PHONY: bench-python-mode
+bench-python-mode: venv
 	$(PY) -c "import grpc, envoy_data_plane" 2>/dev/null || $(PY) -m pip install -q 'grpcio>=1.60' 'envoy-data-plane==2.2.0'
-	cd $(ROOT) && $(PY) benchmarks/bench_filter.py
+	cd $(ROOT) && $(PY) benchmarks/bench_python_mode.py
 
 # The one table of figures: docs/benchmarks.md and README.md's "Benchmarks", from
 # benchmarks/results/*.json (committed: what the last `make bench-<name>` measured)

@@ -27,10 +27,11 @@ import os
 import shlex
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
-from . import __version__, envoy_config, envoy_filters, nginx_run, paths
+from . import __version__, envoy_config, envoy_python_mode, nginx_run, paths
 
 
 class UsageError(Exception):
@@ -47,7 +48,9 @@ USER_KEYS = {
     "routes": "list of routes (prefix, lua, upstream, prefix_rewrite, timeout, status, body)",
     "upstreams": "name = host:port",
     "max_request_bytes": "largest bridge call body",
-    "lua_mode": "where route scripts run: 'stock' (Envoy's Lua filter, default) or 'module'",
+    "script_mode": "which module mode runs the route scripts: 'bridge' (Envoy's Lua filter, "
+    "default) or 'lua' (aioresty's LuaJIT filter)",
+    "lua_mode": "script_mode's old name ('stock' = 'bridge', 'module' = 'lua'), warned about",
     "pythonpath": "directories added to PYTHONPATH (relative to the config file)",
     "venv": "venv of the Python loader (AIORESTY_VENV)",
 }
@@ -138,12 +141,17 @@ def validate_user_config(user: Any, where: str) -> dict[str, Any]:
     ok = isinstance(pp, list) and all(isinstance(p, str) for p in pp)
     _expect(ok, where, "pythonpath must be a list of directories")
     _expect(isinstance(user.get("venv", ""), str), where, "venv must be a directory")
-    mode = user.get("lua_mode", "stock")
-    if mode not in envoy_config.LUA_MODES:
-        raise UsageError(
-            f"{where}: lua_mode must be one of {', '.join(repr(m) for m in envoy_config.LUA_MODES)}"
-            f", got {mode!r}"
-        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mode = envoy_config.script_mode(user)
+        except ValueError as e:
+            raise UsageError(f"{where}: {e}") from None
+    for w in caught:
+        print(f"aioresty: warning: {where}: {w.message}", file=sys.stderr)
+    if "lua_mode" in user:  # read once, warned once: the rest sees the new key
+        user = {k: v for k, v in user.items() if k != "lua_mode"}
+        user["script_mode"] = mode
     mrb = user.get("max_request_bytes", 1)
     _expect(isinstance(mrb, int) and mrb > 0, where, "max_request_bytes must be a positive int")
     return user
@@ -397,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = esub.add_parser("env", help="print the environment Envoy needs as shell exports")
     e.add_argument("user_config", nargs="?", help="user config (for its pythonpath/venv)")
     e.set_defaults(func=_cmd_envoy_env)
-    envoy_filters.add_cli(esub)  # `aioresty envoy filter-config` (the Python HTTP filter)
+    envoy_python_mode.add_cli(esub)  # `aioresty envoy filter-config` (the Python HTTP filter)
 
     nginx = sub.add_parser("nginx", help="run stock nginx (+ lua module) with aioresty")
     nsub = nginx.add_subparsers(dest="nginx_command", required=True)

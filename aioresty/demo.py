@@ -1,7 +1,7 @@
 """The Envoy demo: the seed's Lua block verbatim plus an aioresty app, on stock Envoy.
 
     python -m aioresty.demo [--listen 127.0.0.1:8000] [--concurrency 2] [--check]
-                            [--lua-mode stock|module]
+                            [--script-mode bridge|lua]
 
 Starts the httpbin stand-in (examples/envoy/httpbin.py) on a free 127.0.0.1
 port, generates the Envoy config from examples/envoy/demo.toml (route
@@ -9,10 +9,10 @@ port, generates the Envoy config from examples/envoy/demo.toml (route
 handlers of examples/python/myapp/handlers.py), runs Envoy in the foreground
 and prints the curl commands to try.  Ctrl-C or SIGTERM stops Envoy and the
 stand-in (by pid).  ``--check`` makes the requests itself, prints the answers
-and exits 0 when they are right, 1 otherwise.  ``--lua-mode module`` runs the
-same two scripts, unchanged, in aioresty's own LuaJIT filter inside the dynamic
-module (docs/luamod.md) instead of Envoy's Lua filter + the bridge cluster
-(the user config's ``lua_mode`` key).
+and exits 0 when they are right, 1 otherwise.  ``--script-mode lua`` runs
+the same two scripts, unchanged, in the module's ``lua`` mode, aioresty's own
+LuaJIT filter (docs/lua-mode.md), instead of Envoy's Lua filter + the bridge
+cluster (the user config's ``script_mode`` key).
 """
 
 from __future__ import annotations
@@ -219,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
             admin=args.admin,
             upstreams=dict(user.get("upstreams", {}), httpbin=upstream),
         )
-        if args.lua_mode is not None:
-            user["lua_mode"] = args.lua_mode
+        if args.script_mode is not None:
+            user["script_mode"] = args.script_mode
         config = build_from_user(user, DEMO_TOML.parent, str(DEMO_TOML))
         cfg_path = tmp / "envoy.json"
         cfg_path.write_text(envoy_config.to_yaml(config))
@@ -268,8 +268,8 @@ def run(args: argparse.Namespace) -> int:
             return 0 if _check(base, envoy_log) else 1
 
         short = f"localhost:{port}" if host in ("127.0.0.1", "localhost") else f"{host}:{port}"
-        mode = user.get("lua_mode", "stock")
-        mode_text = f"lua_mode = {mode!r}: {envoy_config.LUA_MODES[mode]}"
+        mode = envoy_config.script_mode(user)
+        mode_text = f"script_mode = {mode!r}: {envoy_config.SCRIPT_MODES[mode]}"
         print(
             f"""
 aioresty demo: Envoy (pid {envoy.pid}, --concurrency {args.concurrency}) on {base}
@@ -337,11 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     ap.add_argument("--log-level", default="error", help="Envoy's -l")
     ap.add_argument(
-        "--lua-mode",
-        choices=sorted(envoy_config.LUA_MODES),
+        "--script-mode",
+        choices=sorted(envoy_config.SCRIPT_MODES),
         default=None,
-        help="where the scripts run: 'stock' (Envoy's Lua filter + the bridge; demo.toml's "
-        "default) or 'module' (aioresty's LuaJIT filter in the dynamic module)",
+        help="which module mode runs the scripts: 'bridge' (Envoy's Lua filter + the bridge; "
+        "demo.toml's default) or 'lua' (aioresty's LuaJIT filter in the dynamic module)",
     )
     ap.add_argument(
         "--check",

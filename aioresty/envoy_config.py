@@ -24,34 +24,41 @@ Functions here return plain dicts (JSON-serialisable; JSON is valid YAML, so
       "upstreams": {"httpbin": "127.0.0.1:8080"},
       "max_request_bytes": 67108864,       # optional: largest call body (default 64 MiB)
       "on_error": "fail_closed",           # a script error: 500 (default) or "continue"
-      "lua_mode": "stock"                  # where route scripts run (LUA_MODES)
+      "script_mode": "bridge"              # which module mode runs the scripts (SCRIPT_MODES)
     }
 
-``lua_mode`` "stock" (default): Envoy's ``envoy.filters.http.lua`` with one
-``LuaPerRoute`` script per route, calls through the bridge cluster.
-"module": aioresty's own LuaJIT filter (DynamicModuleFilter, filter_name
-"lua", docs/luamod.md): one filter per script, named ``aioresty.lua.<name>``,
+``script_mode`` "bridge" (default): Envoy's ``envoy.filters.http.lua`` with one
+``LuaPerRoute`` script per route, calls through the bridge cluster (the
+module's ``bridge`` mode).  "lua": the module's ``lua`` mode, aioresty's own
+LuaJIT filter (DynamicModuleFilter, filter_name "lua", docs/lua-mode.md): one
+filter per script, named ``aioresty.lua.<name>``,
 *disabled by default* in the chain and enabled only on the routes naming
 that script (``typed_per_filter_config`` with an empty
 ``envoy.config.route.v3.FilterConfig``: Envoy's generic per-route switch, so
 the module needs no per-route config).  A request matching no route, or a
 route without ``lua``, runs no script, as with the stock filter.  No bridge
 cluster is generated in that mode (the scripts' calls yield natively).
+The key's old spelling, ``lua_mode = "stock" | "module"``, is read for one
+more release with a ``FutureWarning`` naming the new one (``script_mode``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from . import paths
 
-LUA_MODES = {
-    "stock": "envoy.filters.http.lua + the aioresty_bridge cluster (docs/envoy.md)",
-    "module": "aioresty's LuaJIT filter inside the dynamic module (docs/luamod.md)",
+# The module modes route scripts can run through (short config "script_mode")
+SCRIPT_MODES = {
+    "bridge": "envoy.filters.http.lua + the aioresty_bridge cluster (docs/envoy.md)",
+    "lua": "aioresty's LuaJIT filter inside the dynamic module (docs/lua-mode.md)",
 }
+# The key's old spelling and values, read for one more release
+_OLD_LUA_MODES = {"stock": "bridge", "module": "lua"}
 # What a Lua script error does (short config "on_error", per script or for all)
 ON_ERRORS = {
     "fail_closed": "the request is answered 500 (default)",
@@ -77,7 +84,7 @@ do
 end
 """
 NO_ANSWER = "aioresty: the route's Lua script did not answer\n"
-LUAMOD_FILTER_PREFIX = "aioresty.lua."
+LUA_MODE_FILTER_PREFIX = "aioresty.lua."
 BRIDGE_CLUSTER = "aioresty_bridge"
 BRIDGE_SINK = "aioresty_bridge_sink"
 MODULE_NAME = "aioresty_envoy"
@@ -267,15 +274,29 @@ def lua_per_route(name: str) -> dict[str, Any]:
     }
 
 
-def luamod_filter(
-    name: str, code: str, on_error: str | None = None, disabled: bool = False
+def lua_mode_filter(
+    name: str,
+    code: str | None = None,
+    *,
+    filename: str | os.PathLike[str] | None = None,
+    on_error: str | None = None,
+    metadata_namespace: str | None = None,
+    disabled: bool = False,
 ) -> dict[str, Any]:
-    """An http_filters entry of aioresty's "lua" mode running ``code`` (inline)."""
-    cfg = {"inline_code": code}
+    """An http_filters entry ``aioresty.lua.<name>`` of the module's "lua" mode
+    running ``code`` (inline) or the script at ``filename`` (docs/lua-mode.md
+    lists the filter_config keys)."""
+    cfg: dict[str, str] = {}
+    if code is not None:
+        cfg["inline_code"] = code
+    if filename is not None:
+        cfg["filename"] = os.fspath(filename)
     if on_error is not None:
         cfg["on_error"] = on_error
+    if metadata_namespace is not None:
+        cfg["metadata_namespace"] = metadata_namespace
     entry: dict[str, Any] = {
-        "name": LUAMOD_FILTER_PREFIX + name,
+        "name": LUA_MODE_FILTER_PREFIX + name,
         "typed_config": {
             "@type": _T + "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
             "dynamic_module_config": module_config(),
@@ -357,11 +378,11 @@ def add_metrics(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def luamod_enable_per_route(name: str) -> dict[str, Any]:
+def lua_mode_enable_per_route(name: str) -> dict[str, Any]:
     """typed_per_filter_config entry enabling the (disabled by default) filter
     of script ``name`` on one route: an empty FilterConfig.config."""
     return {
-        LUAMOD_FILTER_PREFIX + name: {
+        LUA_MODE_FILTER_PREFIX + name: {
             "@type": _T + "envoy.config.route.v3.FilterConfig",
             "config": {},
         }
@@ -442,6 +463,35 @@ def merge_bridge(
     return add_metrics(config)
 
 
+def script_mode(user: dict[str, Any]) -> str:
+    """The short config's ``script_mode`` (SCRIPT_MODES; default "bridge").
+    The old ``lua_mode`` key ("stock" -> "bridge", "module" -> "lua") is read
+    with a FutureWarning; both keys at once, or an unknown value, is a
+    ValueError."""
+    if "lua_mode" in user:
+        old = user["lua_mode"]
+        if "script_mode" in user:
+            raise ValueError("lua_mode is script_mode's old name: give script_mode only")
+        if old not in _OLD_LUA_MODES:
+            raise ValueError(
+                f"lua_mode (old name of script_mode) must be one of "
+                f"{', '.join(repr(m) for m in _OLD_LUA_MODES)}, got {old!r}"
+            )
+        new = _OLD_LUA_MODES[old]
+        warnings.warn(
+            f"lua_mode = {old!r} is read for one more release: write script_mode = {new!r}",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return new
+    mode = user.get("script_mode", "bridge")
+    if mode not in SCRIPT_MODES:
+        raise ValueError(
+            f"script_mode must be one of {', '.join(repr(m) for m in SCRIPT_MODES)}, got {mode!r}"
+        )
+    return str(mode)
+
+
 def _read_lua(spec: Any, base: Path) -> str:
     if isinstance(spec, dict):
         if "inline" in spec:
@@ -456,9 +506,7 @@ def _read_lua(spec: Any, base: Path) -> str:
 def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """A whole Envoy config from the short user config (module docstring)."""
     base = Path(base_dir)
-    mode = user.get("lua_mode", "stock")
-    if mode not in LUA_MODES:
-        raise ValueError(f"lua_mode must be one of {', '.join(LUA_MODES)}, got {mode!r}")
+    mode = script_mode(user)
     default_on_error = user.get("on_error", "fail_closed")
     scripts: dict[str, str] = {}
     on_error: dict[str, str] = {}
@@ -491,14 +539,14 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
             if r["lua"] not in scripts:
                 raise ValueError(f"route {r!r}: unknown lua script {r['lua']!r}")
             route["typed_per_filter_config"] = (
-                luamod_enable_per_route(r["lua"]) if mode == "module" else lua_per_route(r["lua"])
+                lua_mode_enable_per_route(r["lua"]) if mode == "lua" else lua_per_route(r["lua"])
             )
         routes.append(route)
     http_filters: list[dict[str, Any]] = []
-    if scripts and mode == "module":
+    if scripts and mode == "lua":
         used = {r["lua"] for r in user.get("routes") or [] if r.get("lua")}
         http_filters.extend(
-            luamod_filter(name, code, on_error=on_error[name], disabled=True)
+            lua_mode_filter(name, code, on_error=on_error[name], disabled=True)
             for name, code in scripts.items()
             if name in used
         )
@@ -530,7 +578,7 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
     config: dict[str, Any] = {"static_resources": {"listeners": [listener], "clusters": clusters}}
     if user.get("admin"):
         config["admin"] = {"address": _addr(user["admin"])}
-    if mode == "module":
+    if mode == "lua":
         config["stats_config"] = stats_config()
         return config  # calls yield inside the module: no bridge
     return merge_bridge(config, int(user.get("max_request_bytes", DEFAULT_MAX_BYTES)))

@@ -1,4 +1,4 @@
-"""Envoy HTTP filters written as ``async def`` Python (docs/filter.md).
+"""Envoy HTTP filters written as ``async def`` Python (docs/python-mode.md).
 
 ::
 
@@ -15,7 +15,7 @@
         resp.headers["x-served-by"] = "aioresty"
 
 The Envoy side is the dynamic module's ``python`` filter mode
-(native/envoy/pyfilter.c).  For every stream it posts a msgpack snapshot to
+(native/envoy/python/).  For every stream it posts a msgpack snapshot to
 the App's runtime (method ``__filter_request`` / ``__filter_response``); the
 runtime thread runs the hooks (Python never runs on an Envoy worker) and
 answers with the changes, which the module applies on the worker thread.

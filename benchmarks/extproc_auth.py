@@ -1,6 +1,6 @@
-"""The ext_proc peer of `make bench-filter`: an async Python gRPC server
+"""The ext_proc peer of `make bench-python-mode`: an async Python gRPC server
 (grpcio aio) implementing Envoy's ExternalProcessor with the same auth logic
-as benchmarks' in-process filter (tests/envoy_filter/filterapp.py:auth_app):
+as benchmarks' in-process filter (tests/envoy/python/filterapp.py:auth_app):
 `authorization: Bearer ok` -> set x-user: alice and continue; else 401.
 
 Messages are envoy-data-plane's (PyPI; betterproto2 dataclasses).

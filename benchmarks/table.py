@@ -33,17 +33,17 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "c_vs_uds_512_accel": ("<=", 0.5),
         "python_vs_uds_512_accel": ("<=", 0.7),
     },
-    "filter": {
+    "python_mode": {
         "passthrough_vs_plain": (">=", 0.70),
         "auth_vs_extproc_rps": (">=", 5.0),
         "extproc_vs_auth_p50": (">=", 10.0),
     },
-    "luamod": {
-        "luamod_python_vs_direct": (">=", 0.70),
-        "luamod_cpu_vs_bridge_cpu": ("<=", 0.40),
+    "lua_mode": {
+        "lua_mode_python_vs_direct": (">=", 0.70),
+        "lua_mode_cpu_vs_bridge_cpu": ("<=", 0.40),
     },
 }
-ORDER = ["core", "envoy", "nginx", "nginx_seq", "filter", "luamod"]
+ORDER = ["core", "envoy", "nginx", "nginx_seq", "python_mode", "lua_mode"]
 
 
 def load() -> dict[str, dict[str, Any]]:
@@ -94,7 +94,7 @@ def page(results: dict[str, dict[str, Any]]) -> str:
         "`make bench-<name>` writes (variants interleaved, medians over rounds, on loopback; the",
         "machine and the run's parameters are in each file). The targets are the project's. What",
         "each bench measures and what its figures mean: the docs of each part (docs/core.md,",
-        "docs/envoy.md, docs/nginx.md, docs/filter.md, docs/luamod.md).",
+        "docs/envoy.md, docs/nginx.md, docs/python-mode.md, docs/lua-mode.md).",
         "",
         summary(results),
     ]

@@ -54,8 +54,8 @@ local function get_adapter()
         return adapter
     end
     local ngx_ = rawget(_G, "ngx")
-    if rawget(_G, "aioresty_luamod") then        -- aioresty's own Envoy lua filter mode
-        adapter = require "aioresty.envoy_luamod"
+    if rawget(_G, "aioresty_lua_mode") then        -- the Envoy module's lua mode
+        adapter = require "aioresty.envoy_lua_mode"
     elseif ngx_ and ngx_.config and ngx_.config.subsystem then
         adapter = require "aioresty.nginx"
     else

@@ -1,7 +1,7 @@
 """Every runtime call is bounded: resty_ffi's default per-call timeout on each
 Lua host (stock Envoy Lua filter + bridge, aioresty's Envoy lua mode, nginx).
 
-Each host serves the same routes (tests/envoy/lua/bounded.lua on Envoy,
+Each host serves the same routes (tests/envoy/scripts/bounded.lua on Envoy,
 tests/nginx/lua/bounded.lua on nginx), whose Lua VM lowered its default to
 700 ms with resty_ffi.set_default_timeout; answers are "ok|res_or_rc|err".
 The handler `block` (tests/apps/stuckapp.py) blocks the Python runtime's

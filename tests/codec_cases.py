@@ -1,5 +1,5 @@
 """The three codecs from Lua, shared by the Envoy modes and nginx: scripts
-tests/envoy/lua/codec.lua and tests/nginx/lua/codec.lua, handlers in
+tests/envoy/scripts/codec.lua and tests/nginx/lua/codec.lua, handlers in
 tests/apps/codecapp.py.  Answers are "ok|res_or_rc|err"."""
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import pytest
 from tests.hostlib import ROOT, Host, build_testhost
 from tests.netutil import free_port, wait_until
 
-# Lua helpers the proxies' test scripts dofile() (tests/envoy/lua/runtime_object.lua)
+# Lua helpers the proxies' test scripts dofile() (tests/envoy/scripts/runtime_object.lua)
 os.environ.setdefault(
-    "AIORESTY_TEST_LUA_DIR", str(Path(__file__).resolve().parent / "envoy" / "lua")
+    "AIORESTY_TEST_LUA_DIR", str(Path(__file__).resolve().parent / "envoy" / "scripts")
 )
 
 

@@ -1,8 +1,8 @@
 """Lua-API cases shared by the two Envoy Lua modes.
 
-tests/envoy/lua/app_calls.lua runs unchanged through the stock Lua filter and
+tests/envoy/scripts/app_calls.lua runs unchanged through the stock Lua filter and
 the bridge (tests/envoy/test_python.py) and inside aioresty's own "lua" filter
-mode (tests/envoy_luamod/test_lua_api.py).  Both modules import these cases, so
+mode (tests/envoy/lua/test_lua_api.py).  Both modules import these cases, so
 pytest runs each once per mode with that module's `app` fixture (an Envoy
 serving app_calls.lua with tests/apps/echoapp.py behind it).
 """

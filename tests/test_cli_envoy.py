@@ -82,21 +82,21 @@ def test_config_of_the_example_validates(tmp_path: Path) -> None:
     assert r2.returncode == 0 and json.loads(r2.stdout) == cfg
 
 
-def module_mode_demo(tmp_path: Path) -> Path:
-    """examples/envoy/demo.toml with lua_mode = "module" (paths made absolute)."""
+def lua_mode_demo(tmp_path: Path, first_line: str = 'script_mode = "lua"') -> Path:
+    """examples/envoy/demo.toml with script_mode = "lua" (paths made absolute)."""
     text = DEMO.read_text()
     for rel in ('"seed.lua"', '"app.lua"', '"../python"'):
         text = text.replace(rel, json.dumps(str((DEMO.parent / rel.strip('"')).resolve())))
-    path = tmp_path / "demo-module.toml"
-    path.write_text('lua_mode = "module"\n' + text)
+    path = tmp_path / "demo-lua-mode.toml"
+    path.write_text(first_line + "\n" + text)
     return path
 
 
-def test_module_mode_config_validates(tmp_path: Path) -> None:
-    """lua_mode = "module": the seed block verbatim in aioresty's own LuaJIT filter
+def test_lua_mode_config_validates(tmp_path: Path) -> None:
+    """script_mode = "lua": the seed block verbatim in aioresty's own LuaJIT filter
     (one disabled-by-default filter per script, enabled per route), no bridge."""
     env = _env()
-    user = module_mode_demo(tmp_path)
+    user = lua_mode_demo(tmp_path)
     out = tmp_path / "envoy.yaml"
     r = aioresty("envoy", "config", str(user), "-o", str(out), env=env)
     assert r.returncode == 0, r.stderr
@@ -124,6 +124,25 @@ def test_module_mode_config_validates(tmp_path: Path) -> None:
         "envoy", "run", str(user), "--", "--mode", "validate", env=dict(env, ENVOY=_envoy())
     )
     assert r.returncode == 0 and "OK" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("old", "new"), [("module", "lua"), ("stock", "bridge")])
+def test_old_lua_mode_key_warns_and_still_works(tmp_path: Path, old: str, new: str) -> None:
+    """lua_mode = "stock" | "module" (script_mode's old spelling) is read for one
+    more release: one warning naming the new spelling, the same config."""
+    env = _env()
+    old_user = lua_mode_demo(tmp_path, f'lua_mode = "{old}"')
+    r_old = aioresty("envoy", "config", str(old_user), env=env)
+    assert r_old.returncode == 0, r_old.stderr
+    warnings = [line for line in r_old.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"aioresty: warning: {old_user}: lua_mode = {old!r} is read "
+        f"for one more release: write script_mode = {new!r}"
+    ], r_old.stderr
+    new_user = lua_mode_demo(tmp_path, f'script_mode = "{new}"')
+    r_new = aioresty("envoy", "config", str(new_user), env=env)
+    assert r_new.returncode == 0 and "warning" not in r_new.stderr, r_new.stderr
+    assert json.loads(r_old.stdout) == json.loads(r_new.stdout)
 
 
 def test_env_prints_exports() -> None:
@@ -237,7 +256,13 @@ def test_run_execs_envoy_with_the_config(tmp_path: Path) -> None:
         ("[[routes]]\nprefx = '/'", ".toml", "routes[0]: unknown key 'prefx'"),
         ("[lua]\na = 'missing.lua'", ".toml", "lua script not found"),
         ('{"listen": 1', ".json", "not valid JSON"),
-        ("lua_mode = 'native'", ".toml", "lua_mode must be one of 'stock', 'module'"),
+        ("script_mode = 'stock'", ".toml", "script_mode must be one of 'bridge', 'lua'"),
+        ("lua_mode = 'native'", ".toml", "lua_mode (old name of script_mode) must be one of"),
+        (
+            "lua_mode = 'module'\nscript_mode = 'lua'",
+            ".toml",
+            "lua_mode is script_mode's old name: give script_mode only",
+        ),
     ],
 )
 def test_bad_input_exits_2(tmp_path: Path, content: str | None, suffix: str, message: str) -> None:

@@ -14,10 +14,10 @@ def test_envoy_demo_check() -> None:
     run_demo_check(sys.executable, ROOT, timeout=120)
 
 
-def test_envoy_demo_check_module_mode() -> None:
-    """make demo-luamod's program: the same seed block and app, unchanged, in aioresty's
-    LuaJIT filter inside the dynamic module (lua_mode = "module")."""
-    run_demo_check(sys.executable, ROOT, None, "--lua-mode", "module", timeout=120)
+def test_envoy_demo_check_lua_mode() -> None:
+    """make demo-lua-mode's program: the same seed block and app, unchanged, in aioresty's
+    LuaJIT filter inside the dynamic module (script_mode = "lua")."""
+    run_demo_check(sys.executable, ROOT, None, "--script-mode", "lua", timeout=120)
 
 
 def test_host_demo() -> None:

@@ -280,7 +280,7 @@ async def test_httpx_and_aiohttp_as_the_first_await() -> None:
 async def test_filter_client_runs_the_hooks_like_the_envoy_filter() -> None:
     from aioresty.testing import FilterClient
 
-    async with FilterClient("tests.envoy_filter.filterapp:app") as c:
+    async with FilterClient("tests.envoy.python.filterapp:app") as c:
         denied = await c.request("GET", "/echo")
         assert denied.reply is not None and denied.reply.status == 401
         assert denied.reply.body == b"denied"

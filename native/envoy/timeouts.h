@@ -25,7 +25,7 @@
 #include "stream.h"
 
 /* The bounded default of every runtime call of the module - a Lua call that
- * passes no timeout (aioresty_luamod.call with 0), a Python filter phase
+ * passes no timeout (aioresty_lua_mode.call with 0), a Python filter phase
  * with `timeout=0` - is the core's AR_DEFAULT_TIMEOUT_MS (aioresty_core.h
  * "Limits"), which resty_ffi reads too. */
 

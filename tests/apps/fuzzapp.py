@@ -4,7 +4,7 @@ payloads reach each answer path.
 
 `app` is the runtime the fuzz scripts call by name (tests/fuzz/lua/fuzzcall.lua)
 and must never be unloaded by a request; `churn` has the same handlers and is
-the one tests/envoy/lua/app_calls.lua indexes with request-derived names (its
+the one tests/envoy/scripts/app_calls.lua indexes with request-derived names (its
 `/py/__unload` unloads it, on purpose).
 """
 

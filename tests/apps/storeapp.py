@@ -5,7 +5,7 @@ services, each created once when the runtime starts and closed when it stops.
                  "pg_dsn": "postgresql://...", "http_url": "http://..."}')
 
 `app` serves Lua calls (Envoy's "lua" mode, the stock Lua filter + bridge,
-nginx).  `gate` is an Envoy Python filter (docs/filter.md) over the same
+nginx).  `gate` is an Envoy Python filter (docs/python-mode.md) over the same
 services; its filter_config string carries only the app spec, so it falls back
 to AIORESTY_TEST_* environment variables for the addresses.
 

@@ -158,12 +158,15 @@ def envoy_factory(tmp_path: Path) -> Iterator[Any]:
         e.stop()
 
 
-PROBE_USER = {"lua": {"probe": "lua/bridge_probe.lua"}, "routes": [{"prefix": "/", "lua": "probe"}]}
+PROBE_USER = {
+    "lua": {"probe": "scripts/bridge_probe.lua"},
+    "routes": [{"prefix": "/", "lua": "probe"}],
+}
 
 
 @pytest.fixture
 def probe(envoy_factory, slow_runtime) -> Envoy:
-    """Envoy running the bridge probe script (tests/envoy/lua/bridge_probe.lua)."""
+    """Envoy running the bridge probe script (tests/envoy/scripts/bridge_probe.lua)."""
     return envoy_factory(PROBE_USER)
 
 

@@ -16,7 +16,7 @@ import pytest
 from aioresty import envoy_config
 from tests import promtext
 from tests.envoy.conftest import REPO, Envoy
-from tests.envoy_filter.conftest import FilterEnvoy, Upstream
+from tests.envoy.python.conftest import FilterEnvoy, Upstream
 from tests.netutil import http_request, wait_until
 
 SHOP = "tests.apps.shopmetrics"
@@ -95,7 +95,9 @@ def post(env: Envoy) -> Callable[[str, bytes], int]:
 
 
 def test_stock_bridge_exports_exact_counts(envoys) -> None:
-    env = envoys({"lua": {"app": "lua/app_calls.lua"}, "routes": [{"prefix": "/", "lua": "app"}]})
+    env = envoys(
+        {"lua": {"app": "scripts/app_calls.lua"}, "routes": [{"prefix": "/", "lua": "app"}]}
+    )
     shop_calls(post(env))
     assert_shop_counts(env.admin_port)
     # the /stats names (metrics_namespace "aioresty"), counters exact there too
@@ -109,7 +111,7 @@ def test_stock_bridge_buckets_are_the_cores(envoys) -> None:
     """Each bucket Envoy shows holds what the core's own table holds (the
     probe script reads it with ar_metrics_prometheus)."""
     env = envoys(
-        {"lua": {"probe": "lua/bridge_probe.lua"}, "routes": [{"prefix": "/", "lua": "probe"}]}
+        {"lua": {"probe": "scripts/bridge_probe.lua"}, "routes": [{"prefix": "/", "lua": "probe"}]}
     )
     for _ in range(60):
         assert env.request("POST", "/call?lib=ffi_c_echo&method=echo", body=b"x")[0] == 200
@@ -134,8 +136,8 @@ def test_stock_bridge_buckets_are_the_cores(envoys) -> None:
 def test_lua_mode_two_filters_count_once(envoys) -> None:
     """Two "lua" filters are two configs: one exports, nothing counts twice."""
     user = {
-        "lua_mode": "module",
-        "lua": {"buy": "lua/app_calls.lua", "rest": "lua/app_calls.lua"},
+        "script_mode": "lua",
+        "lua": {"buy": "scripts/app_calls.lua", "rest": "scripts/app_calls.lua"},
         "routes": [{"prefix": "/py/buy", "lua": "buy"}, {"prefix": "/", "lua": "rest"}],
     }
     env = envoys(user)
@@ -156,7 +158,7 @@ def test_python_filter_counts_hooks(tmp_path: Path) -> None:
             assert http_request(env.port, "GET", f"/ok/{i}", headers=ok)[0] == 200
         for _ in range(2):
             assert http_request(env.port, "GET", "/boom")[0] == 500
-        runtime = "aioresty&tests.envoy_filter.filterapp:app"
+        runtime = "aioresty&tests.envoy.python.filterapp:app"
         rt = {"runtime": runtime, "method": "__filter_request"}
 
         def counted() -> dict | None:

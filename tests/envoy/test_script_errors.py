@@ -30,10 +30,10 @@ def upstream() -> Iterator[HttpUpstream]:
     u.stop()
 
 
-@pytest.mark.parametrize("mode", ["stock", "module"])
+@pytest.mark.parametrize("mode", ["bridge", "lua"])
 def test_script_errors_fail_closed(envoy_factory, upstream: HttpUpstream, mode: str) -> None:
     user = {
-        "lua_mode": mode,
+        "script_mode": mode,
         "lua": {
             "boom": {"inline": BOOM},
             "silent": {"inline": SILENT},
@@ -74,7 +74,7 @@ def test_lua_mode_respond_refuses_header_injection(envoy_factory) -> None:
     )
     info = 'function envoy_on_request(h) h:respond({[":status"] = "100"}, "") end'
     user = {
-        "lua_mode": "module",
+        "script_mode": "lua",
         "lua": {"split": {"inline": split}, "name": {"inline": bad_name}, "info": {"inline": info}},
         "routes": [
             {"prefix": "/split", "lua": "split"},

@@ -38,12 +38,12 @@ import msgpack
 
 from tests.apps.fuzzapp import HANDLERS
 from tests.envoy.conftest import REPO
-from tests.envoy_filter.conftest import FilterEnvoy, Upstream
-from tests.envoy_luamod.conftest import hcm
+from tests.envoy.lua.conftest import hcm
+from tests.envoy.python.conftest import FilterEnvoy, Upstream
 
 HERE = Path(__file__).resolve().parent
 FUZZCALL = HERE / "lua" / "fuzzcall.lua"
-APP_CALLS = REPO / "tests" / "envoy" / "lua" / "app_calls.lua"
+APP_CALLS = REPO / "tests" / "envoy" / "scripts" / "app_calls.lua"
 SEED = int(os.environ.get("AIORESTY_FUZZ_SEED", "20261111"))
 PER_REQUEST = 10.0  # s: the bound on every answer
 IN_FLIGHT = 32  # connections at once
@@ -501,7 +501,7 @@ def call_request(rng: Random, big: bool = False) -> Req:
 
 
 def app_calls_request(rng: Random) -> Req:
-    """tests/envoy/lua/app_calls.lua on the churn runtime: rt[method] with
+    """tests/envoy/scripts/app_calls.lua on the churn runtime: rt[method] with
     names it routes ([%w_]+), reserved ones included, and /unload."""
     if rng.random() < 0.15:
         target = b"/unload?cfg=" + CHURN.encode()
@@ -731,10 +731,10 @@ end
 
 def _envoy_user(mode: str) -> dict[str, Any]:
     return {
-        "lua_mode": mode,
+        "script_mode": mode,
         "lua": {
             "fuzz": {
-                "inline": _ENVOY_SCRIPT % (json.dumps(str(FUZZCALL)), str(mode == "stock").lower())
+                "inline": _ENVOY_SCRIPT % (json.dumps(str(FUZZCALL)), str(mode == "bridge").lower())
             },
             "calls": str(APP_CALLS),
         },
@@ -776,16 +776,16 @@ def _fuzz_lua_envoy(env: Any, rng: Random, mode: str, n: int, n_bridge: int) -> 
     assert env.terminate() == 0, env.log()[-3000:]
 
 
-def test_fuzz_envoy_stock_lua_and_bridge(luamod_factory: Any) -> None:
+def test_fuzz_envoy_stock_lua_and_bridge(lua_mode_factory: Any) -> None:
     rng = Random(f"{SEED}:stock")
-    env = luamod_factory(_envoy_user("stock"), [], mutate=_client_picks_cluster, concurrency=2)
-    _fuzz_lua_envoy(env, rng, "stock", n=N_CALLS, n_bridge=N_BRIDGE)
+    env = lua_mode_factory(_envoy_user("bridge"), [], mutate=_client_picks_cluster, concurrency=2)
+    _fuzz_lua_envoy(env, rng, "bridge", n=N_CALLS, n_bridge=N_BRIDGE)
 
 
-def test_fuzz_envoy_lua_mode(luamod_factory: Any) -> None:
-    rng = Random(f"{SEED}:luamod")
-    env = luamod_factory(_envoy_user("module"), [], concurrency=2)
-    _fuzz_lua_envoy(env, rng, "luamod", n=N_CALLS + N_BRIDGE, n_bridge=0)
+def test_fuzz_envoy_lua_mode(lua_mode_factory: Any) -> None:
+    rng = Random(f"{SEED}:lua_mode")
+    env = lua_mode_factory(_envoy_user("lua"), [], concurrency=2)
+    _fuzz_lua_envoy(env, rng, "lua_mode", n=N_CALLS + N_BRIDGE, n_bridge=0)
 
 
 _NGINX_SERVER = """

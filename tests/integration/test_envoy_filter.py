@@ -1,4 +1,4 @@
-"""tests/apps/storeapp.py:gate as an Envoy Python filter (docs/filter.md) in
+"""tests/apps/storeapp.py:gate as an Envoy Python filter (docs/python-mode.md) in
 front of the HTTP upstream: the on_request hook looks the token up in redis and
 the request id up in PostgreSQL, then the request goes upstream with the
 headers it set (or gets a 401 from Python)."""
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from tests.envoy_filter.conftest import FilterEnvoy
+from tests.envoy.python.conftest import FilterEnvoy
 from tests.integration import cases
 from tests.netutil import http_request
 from tests.services import HttpUpstream, Postgres, store_env

@@ -1,6 +1,6 @@
 """tests/apps/storeapp.py:app behind the two Envoy Lua hosts: aioresty's "lua"
-filter mode (`lua_mode = "module"`) and the stock envoy.filters.http.lua with
-the bridge (`lua_mode = "stock"`), one Envoy (two workers) per mode running
+filter mode (`script_mode = "lua"`) and the stock envoy.filters.http.lua with
+the bridge (`script_mode = "bridge"`), one Envoy (two workers) per mode running
 tests/integration/lua/store_envoy.lua unchanged, against real redis,
 PostgreSQL and an HTTP upstream."""
 
@@ -19,7 +19,7 @@ from tests.services import Postgres, store_env
 SCRIPT = Path(__file__).resolve().parent / "lua" / "store_envoy.lua"
 
 
-@pytest.fixture(scope="module", params=["module", "stock"])
+@pytest.fixture(scope="module", params=["lua", "bridge"])
 def envoy(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -29,7 +29,7 @@ def envoy(
     user = {
         "lua": {"store": str(SCRIPT)},
         "routes": [{"prefix": "/", "lua": "store"}],
-        "lua_mode": mode,
+        "script_mode": mode,
     }
     e = Envoy(
         tmp_path_factory.mktemp(f"envoy-{mode}"),
@@ -50,7 +50,7 @@ def test_concurrent_requests_matched(envoy: Envoy, store_config: dict[str, str])
     assert 1 <= len(pids) <= 8, pids
     assert len(cases.startups(envoy)) == 1, cases.startups(envoy)
     stats = envoy.stats()
-    if envoy.mode == "stock":
+    if envoy.mode == "bridge":
         # every call went through the bridge cluster, none reached its sink listener
         assert stats["cluster.aioresty_bridge.upstream_rq_total"] >= cases.N_CONCURRENT
         assert stats.get("http.aioresty_bridge_sink.downstream_rq_total", 0) == 0
@@ -68,7 +68,7 @@ def test_handler_timeout_cancels_query(envoy: Envoy, postgres_server: Postgres) 
 
 def test_per_call_timeout_cancels_query(envoy: Envoy, postgres_server: Postgres) -> None:
     cases.check_call_timeout(envoy, postgres_server)
-    if envoy.mode == "stock":  # the timeout is httpCall's: Envoy timed the bridge call out
+    if envoy.mode == "bridge":  # the timeout is httpCall's: Envoy timed the bridge call out
         assert envoy.stats()["cluster.aioresty_bridge.upstream_rq_timeout"] >= 1
 
 

@@ -68,8 +68,8 @@ def test_background_base_exceptions_keep_serving(nginx):
 
 
 def test_runtime_object_is_lua_resty_ffis(nginx):
-    """The same checks as both Envoy Lua modes (tests/envoy/lua/runtime_object.lua)."""
-    script = Path(__file__).resolve().parents[1] / "envoy" / "lua" / "runtime_object.lua"
+    """The same checks as both Envoy Lua modes (tests/envoy/scripts/runtime_object.lua)."""
+    script = Path(__file__).resolve().parents[1] / "envoy" / "scripts" / "runtime_object.lua"
     nginx.write_conf(
         f"""
 location = /runtime_object {{

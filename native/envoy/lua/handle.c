@@ -2,7 +2,7 @@
  * lua/handle.c - the request/response handle of the "lua" mode
  * (lua_mode.h): headers(), body() / bodyChunks() (which wait for the end of
  * the body), respond(), the log methods, metadata(), streamInfo(),
- * connection(); the `aioresty_luamod` global: call() - the ffi-yield that
+ * connection(); the `aioresty_lua_mode` global: call() - the ffi-yield that
  * posts a task and suspends the coroutine - and stats(); and lm_open_api,
  * which equips a new lua_State with all of it.
  *
@@ -238,7 +238,7 @@ static int l_handle_metadata(lua_State *L) { return push_object(L, MT_METADATA);
 static int l_handle_stream_info(lua_State *L) { return push_object(L, MT_STREAMINFO); }
 static int l_handle_connection(lua_State *L) { return push_object(L, MT_CONNECTION); }
 
-/* ---- aioresty_luamod.call(handle, queue_address, method, req, timeout_ms)
+/* ---- aioresty_lua_mode.call(handle, queue_address, method, req, timeout_ms)
  * (timeout_ms <= 0 or absent: AR_DEFAULT_TIMEOUT_MS; every call is bounded)
  * -> rc, rsp  |  nil, err.  Posts the task and yields the coroutine; the
  * module resumes it with the answer. */
@@ -268,7 +268,7 @@ static int l_call(lua_State *L)
     return lua_yield(L, 0);
 }
 
-/* ---- diagnostics: aioresty_luamod.stats() ---- */
+/* ---- diagnostics: aioresty_lua_mode.stats() ---- */
 static int l_stats(lua_State *L)
 {
     lm_filter *f = lm_current;
@@ -315,5 +315,5 @@ void lm_open_api(lua_State *L)
     lua_setfield(L, -2, "stats");
     lua_pushliteral(L, LUAJIT_VERSION);
     lua_setfield(L, -2, "luajit");
-    lua_setglobal(L, "aioresty_luamod");
+    lua_setglobal(L, "aioresty_lua_mode");
 }

@@ -1,12 +1,12 @@
 /*
  * lua/lua_mode.h - the inside of filter mode "lua": an Envoy-Lua-filter-style
  * LuaJIT filter hosted inside our dynamic module, with a native ffi-yield
- * (docs/luamod.md).  Shared by the wing's files:
+ * (docs/lua-mode.md).  Shared by the wing's files:
  *
  *   lua/driver.c   per-worker lua_States, the coroutine driver, the filter
  *                  hooks and the mode table
  *   lua/handle.c   the request/response handle: body waits, respond(),
- *                  logging, aioresty_luamod.call (the ffi-yield) and stats,
+ *                  logging, aioresty_lua_mode.call (the ffi-yield) and stats,
  *                  and lm_open_api (every metatable and global of a state)
  *   lua/objects.c  what the handle hands out: headers, body, body chunks,
  *                  metadata, streamInfo, connection, ssl objects
@@ -15,8 +15,8 @@
  * Scripts define envoy_on_request(request_handle) and/or
  * envoy_on_response(response_handle); each runs in a coroutine.  In it
  * resty_ffi works unchanged: `runtime:method(req, handle)` goes through the
- * adapter lua/aioresty/envoy_luamod.lua (chosen by resty_ffi when the global
- * `aioresty_luamod` exists) into l_call, which posts the task (ar_call_post,
+ * adapter lua/aioresty/envoy_lua_mode.lua (chosen by resty_ffi when the global
+ * `aioresty_lua_mode` exists) into l_call, which posts the task (ar_call_post,
  * stream.h) and lua_yield()s from C.  The hook returns StopIteration (the
  * body is buffered meanwhile); the runtime answers on its own thread, the
  * completion sink commits the http-filter scheduler, and `scheduled`
@@ -140,7 +140,7 @@ void lm_open_objects(lua_State *L);
 
 /* ---- handle.c ---- */
 
-/* Every metatable and the `aioresty_luamod` global of a new state. */
+/* Every metatable and the `aioresty_lua_mode` global of a new state. */
 void lm_open_api(lua_State *L);
 
 /* ---- config.c (main thread) ---- */

@@ -359,14 +359,14 @@ static int l_index(lua_State *L)
     if (!lua_isnil(L, -1)) return 1;
     const char *what = lua_tostring(L, lua_upvalueindex(2));
     if (lua_type(L, 2) == LUA_TSTRING)
-        return luaL_error(L, "%s:%s() is not supported by aioresty's lua filter mode "
-                             "(see docs/luamod.md for the supported API)", what, lua_tostring(L, 2));
+        return luaL_error(L, "%s:%s() is not supported by aioresty's lua mode "
+                             "(see docs/lua-mode.md for the supported API)", what, lua_tostring(L, 2));
     return luaL_error(L, "%s: bad index", what);
 }
 
 static int l_metadata_pairs(lua_State *L)
 {
-    return luaL_error(L, "pairs(metadata()) is not supported by aioresty's lua filter mode; use get(key)");
+    return luaL_error(L, "pairs(metadata()) is not supported by aioresty's lua mode; use get(key)");
 }
 
 static const luaL_Reg headers_m[] = {

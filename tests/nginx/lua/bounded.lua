@@ -1,4 +1,4 @@
--- The nginx twin of tests/envoy/lua/bounded.lua (tests/bounded_cases.py):
+-- The nginx twin of tests/envoy/scripts/bounded.lua (tests/bounded_cases.py):
 --   init_by_lua:  require("bounded").init()   -- lowers this VM's default to 700 ms
 --   content:      require("bounded").handle()
 --   /default, /py/<method>?s=S, /slow?ms=M[&t=T][&call=T]; answers "ok|res_or_rc|err"

@@ -1,4 +1,4 @@
--- The nginx twin of tests/envoy/lua/codec.lua (tests/codec_cases.py):
+-- The nginx twin of tests/envoy/scripts/codec.lua (tests/codec_cases.py):
 -- cjson is Debian's lua-cjson (`apt-get install lua-cjson`; nginx-lua's
 -- LuaJIT finds it on its default cpath); the routes and answers are the same.
 local ngx = ngx
