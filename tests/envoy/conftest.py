@@ -35,40 +35,33 @@ def envoy_binary() -> str:
     return str(found)
 
 
-class Envoy:
-    """One Envoy process.  `user` is envoy_config.build_config's short config;
-    listen/admin ports are filled in."""
+class EnvoyProcess:
+    """One Envoy process running ``config`` (a whole Envoy config dict) with
+    ``env``: started with a bounded wait for /ready, stopped by pid."""
 
     def __init__(
         self,
         tmp: Path,
-        user: dict[str, Any],
+        config: dict[str, Any],
+        env: dict[str, str],
+        port: int,
+        admin_port: int,
         concurrency: int = 1,
-        env: dict[str, str] | None = None,
-        python_path: list[str] | None = None,
         log_level: str = "info",
     ):
         self.tmp = tmp
-        self.log_level = log_level
-        self.port = free_port()
-        self.admin_port = free_port()
-        user = dict(user, listen=f"127.0.0.1:{self.port}", admin=f"127.0.0.1:{self.admin_port}")
-        self.config = envoy_config.build_config(user, base_dir=HERE)
-        self.config_path = tmp / "envoy.yaml"
-        self.config_path.write_text(envoy_config.to_yaml(self.config))
-        self.log_path = tmp / "envoy.log"
-        self.env = envoy_config.environment(
-            lib_dir=build_dir(), lua_dir=REPO / "lua", python_path=python_path
-        )
-        lib_path = [str(tmp)]
-        if self.env.get("AIORESTY_LIB_PATH"):
-            lib_path.append(self.env["AIORESTY_LIB_PATH"])
-        self.env["AIORESTY_LIB_PATH"] = ":".join(lib_path)
-        self.env.update(env or {})
+        self.port = port
+        self.admin_port = admin_port
+        self.config = config
+        self.config_path = tmp / f"envoy-{port}.json"
+        self.config_path.write_text(envoy_config.to_yaml(config))
+        self.log_path = tmp / f"envoy-{port}.log"
+        self.env = env
         self.concurrency = concurrency
+        self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> Envoy:
+    def start(self, timeout: float = 30.0) -> EnvoyProcess:
         cmd = [
             envoy_binary(),
             "-c",
@@ -135,6 +128,34 @@ class Envoy:
             self.terminate()
         elif self.proc is not None and not self._log.closed:
             self._log.close()
+
+
+class Envoy(EnvoyProcess):
+    """Envoy running envoy_config.build_config's config of the short user
+    config ``user`` (listen/admin ports filled in); the test's tmp dir is
+    first in $AIORESTY_LIB_PATH."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        user: dict[str, Any],
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        python_path: list[str] | None = None,
+        log_level: str = "info",
+    ):
+        port, admin_port = free_port(), free_port()
+        user = dict(user, listen=f"127.0.0.1:{port}", admin=f"127.0.0.1:{admin_port}")
+        full_env = envoy_config.environment(
+            lib_dir=build_dir(), lua_dir=REPO / "lua", python_path=python_path
+        )
+        lib_path = [str(tmp)]
+        if full_env.get("AIORESTY_LIB_PATH"):
+            lib_path.append(full_env["AIORESTY_LIB_PATH"])
+        full_env["AIORESTY_LIB_PATH"] = ":".join(lib_path)
+        full_env.update(env or {})
+        config = envoy_config.build_config(user, base_dir=HERE)
+        super().__init__(tmp, config, full_env, port, admin_port, concurrency, log_level)
 
 
 @pytest.fixture

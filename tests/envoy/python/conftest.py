@@ -5,7 +5,6 @@ processes are stopped by pid."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,8 +15,7 @@ from typing import Any
 import pytest
 
 from aioresty import envoy_config, envoy_python_mode
-from tests.envoy.conftest import REPO, build_dir, envoy_binary, free_port, wait_until
-from tests.netutil import http_request, terminate
+from tests.envoy.conftest import REPO, EnvoyProcess, build_dir, free_port
 
 APP = "tests.envoy.python.filterapp:app"
 BODY_APP = "tests.envoy.python.filterapp:body_app"
@@ -87,74 +85,31 @@ class Upstream:
         self.server.server_close()
 
 
-class FilterEnvoy:
-    """One Envoy process running envoy_python_mode.build_filter_config."""
+class FilterEnvoy(EnvoyProcess):
+    """Envoy running envoy_python_mode.build_filter_config (the python mode in
+    front of ``upstream``)."""
 
     def __init__(self, tmp: Path, upstream: int, concurrency: int = 1, **kw: Any) -> None:
-        self.port = free_port()
-        self.admin_port = free_port()
+        port, admin_port = free_port(), free_port()
         cfg = envoy_python_mode.build_filter_config(
             kw.pop("app", APP),
-            listen=f"127.0.0.1:{self.port}",
+            listen=f"127.0.0.1:{port}",
             upstream=f"127.0.0.1:{upstream}",
-            admin=f"127.0.0.1:{self.admin_port}",
+            admin=f"127.0.0.1:{admin_port}",
             **kw,
         )
-        self.config_path = tmp / f"envoy-{self.port}.json"
-        self.config_path.write_text(envoy_config.to_yaml(cfg))
-        self.log_path = tmp / f"envoy-{self.port}.log"
-        self.env = envoy_config.environment(lib_dir=build_dir(), python_path=[str(REPO)])
-        self.env["AIORESTY_VENV"] = sys.prefix
-        self.concurrency = concurrency
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> FilterEnvoy:
-
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [
-                envoy_binary(),
-                "-c",
-                str(self.config_path),
-                "--concurrency",
-                str(self.concurrency),
-                "--disable-hot-restart",
-                "-l",
-                "info",
-                "--log-format",
-                "[%L] %v",
-            ],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.config_path.parent,
-        )
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"envoy exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                return http_request(self.admin_port, "GET", "/ready", timeout=2)[0] == 200
-            except OSError:
-                return False
-
-        wait_until(ready, timeout, "envoy /ready")
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        env = envoy_config.environment(lib_dir=build_dir(), python_path=[str(REPO)])
+        env["AIORESTY_VENV"] = sys.prefix
+        super().__init__(tmp, cfg, env, port, admin_port, concurrency)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 15.0) -> int | None:  # type: ignore[override]
+        """SIGTERM by pid; the exit code (None if never started)."""
         if self.proc is None:
             return None
-        try:
-            return terminate(self.proc, timeout, "envoy")
-        finally:
-            self._log.close()
+        return self.terminate(timeout)
 
 
 ROUTES: list[dict[str, Any]] = [
