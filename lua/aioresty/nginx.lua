@@ -24,6 +24,13 @@
 -- (no wake socket, no timer, no semaphore).  Without the module, or when
 -- attaching fails (logged), the stock path above serves the worker.
 --
+-- One wake loop per worker process, in the first Lua VM that calls.  With
+-- `lua_code_cache off;` every request runs in a fresh VM; such a VM cannot
+-- wait on the owner's semaphores, so its calls are parked
+-- (native/nginx/parked_calls.h): the owner's drain keeps their answers in C
+-- and the calling coroutine polls for its own with ngx.sleep (1 to 16 ms).
+-- Slower, but a development setting; the accelerator needs none of this.
+--
 -- Public: _M.call (used by resty_ffi.lua), _M.check_process, _M.abort_request,
 -- _M.configure, _M.metrics, _M.stats.
 
@@ -35,6 +42,7 @@ local ffi_new = ffi.new
 local ffi_string = ffi.string
 local ffi_load = ffi.load
 local ffi_copy = ffi.copy
+local ffi_gc = ffi.gc
 local C = ffi.C
 local base = require "resty.core.base"
 local get_request = base.get_request
@@ -48,6 +56,8 @@ local NOTICE = ngx.NOTICE
 local ngx_get_phase = ngx.get_phase
 local ngx_on_abort = ngx.on_abort
 local ngx_exit = ngx.exit
+local ngx_sleep = ngx.sleep
+local ngx_now = ngx.now
 local timer_at = ngx.timer.at
 local worker_exiting = ngx.worker.exiting
 local worker_pid = ngx.worker.pid
@@ -84,6 +94,15 @@ int arn_stats(char *buf, size_t len);
 void arn_set_log_level(int ngx_level);
 size_t arn_take_logs(const char **out, unsigned long *dropped);
 const void *arn_accel_ops_get(void);
+int arn_claim(unsigned what);
+void arn_unclaim(unsigned what);
+int arn_post_parked(struct ar_queue *q, const char *method, size_t mlen, const char *req,
+                    size_t rlen, int32_t *id);
+void arn_park(const arn_done *d);
+int arn_parked_take(int32_t id, arn_done *out);
+void arn_parked_forget(int32_t id);
+void arn_parked_forget_cell(int32_t *cell);
+long arn_parked_waiting(void);
 int aioresty_accel_active(void);
 int aioresty_accel_version(char *buf, size_t len);
 int aioresty_accel_attach(const void *ops);
@@ -114,6 +133,8 @@ local DEFAULT_TIMEOUT_MS = core.DEFAULT_TIMEOUT_MS
 local READ_TIMEOUT_MS = 86400000   -- idle wake read; a sentinel ends it at exit
 local RETRY_DELAY = 1              -- seconds between failed (re)connects
 local SEMA_POOL_MAX = 1024
+local CLAIM_WAKE_LOOP, CLAIM_METRICS = 1, 2   -- ARN_CLAIM_* (parked_calls.h)
+local PARK_POLL_MIN, PARK_POLL_MAX = 0.001, 0.016  -- seconds between polls
 local CTX_KEY = "__aioresty_inflight"
 local PATH_MAX = 108
 
@@ -121,12 +142,15 @@ local NL                 -- the ffi.load'ed libaioresty_nginx.so (kept alive)
 local socket_dir         -- nil: $TMPDIR or /tmp (C side)
 local running = false    -- the wake timer of this worker is scheduled/running
 local accel = false      -- this worker's calls go through the accelerator module
+local parked = false     -- another Lua VM of this process owns the wake loop
 local waiters = {}       -- id -> waiter {sema, task, done, rc, rsp, err}
 local n_waiters = 0
 local next_id = 0
 local sema_pool, sema_pool_n = {}, 0
 local task_out = ffi_new("struct ar_task *[1]")
 local done_out = ffi_new("arn_done *[1]")
+local parked_id = ffi_new("int32_t[1]")
+local parked_done = ffi_new("arn_done")
 local path_buf = ffi_new("char[?]", PATH_MAX)
 local st = { wakes = 0, drained = 0, timeouts = 0, aborts = 0, reconnects = 0,
              max_batch = 0 }
@@ -252,7 +276,9 @@ local function drain()
     for i = 0, n - 1 do
         local d = arr[i]
         local w = waiters[d.id]
-        if w then
+        if d.id < 0 then
+            NL.arn_park(arr + i)    -- another VM's call: kept for it (and released) in C
+        elseif w then
             waiters[d.id] = nil
             n_waiters = n_waiters - 1
             w.rc = d.rc
@@ -262,8 +288,10 @@ local function drain()
             w.done = true
             w.sema:post(1)
         end
-        -- the waker's reference, handed over by arn_drain
-        NL.arn_release(d.task)
+        if d.id >= 0 then
+            -- the waker's reference, handed over by arn_drain
+            NL.arn_release(d.task)
+        end
     end
     st.drained = st.drained + n
     if n > st.max_batch then
@@ -316,7 +344,7 @@ wake_loop = function(premature)
     drain()
     while true do
         -- in a graceful exit keep serving the calls still in flight
-        if n_waiters == 0 and worker_exiting() then
+        if n_waiters == 0 and worker_exiting() and NL.arn_parked_waiting() == 0 then
             break
         end
         local data, rerr = sock:receiveany(4096)
@@ -380,9 +408,12 @@ local function start()
                     strerror(rc), "): the stock wake loop serves worker ", worker_pid())
         end
     end
-    if not accel then
+    if not accel and lib.arn_claim(CLAIM_WAKE_LOOP) == 0 then
+        parked = true           -- lua_code_cache off: the first VM's loop drains for us
+    elseif not accel then
         ok, err = timer_at(0, wake_loop)
         if not ok then
+            lib.arn_unclaim(CLAIM_WAKE_LOOP)
             return nil, "aioresty: cannot start the wake timer: " .. tostring(err)
         end
         ok, err = timer_at(365 * 86400, sentinel)
@@ -391,9 +422,13 @@ local function start()
         end
     end
     running = true
-    ngx_log(NOTICE, accel and "aioresty: accelerator attached in worker "
-                          or "aioresty: wake loop started in worker ", worker_pid())
-    metrics.start()
+    if not parked then
+        ngx_log(NOTICE, accel and "aioresty: accelerator attached in worker "
+                              or "aioresty: wake loop started in worker ", worker_pid())
+    end
+    if lib.arn_claim(CLAIM_METRICS) == 1 then
+        metrics.start()         -- one publisher per process (its timer keeps its VM)
+    end
     return true
 end
 
@@ -467,7 +502,12 @@ function _M.abort_request(reason)
     end
     for id, w in pairs(inflight) do
         inflight[id] = nil
-        if waiters[id] == w then
+        if w.cell then                  -- a parked call: its poll sees it gone
+            NL.arn_parked_forget(id)
+            w.cell[0] = 0
+            w.err = reason or "aborted"
+            n = n + 1
+        elseif waiters[id] == w then
             waiters[id] = nil
             n_waiters = n_waiters - 1
             NL.arn_abort(w.task)    -- the drain still releases it
@@ -481,6 +521,14 @@ function _M.abort_request(reason)
     return n
 end
 
+-- Every call is bounded: resty_ffi's default (60 s) when it has no timeout.
+local function bounded_ms(timeout_ms)
+    if type(timeout_ms) ~= "number" or not (timeout_ms >= 0) then
+        return DEFAULT_TIMEOUT_MS
+    end
+    return timeout_ms
+end
+
 -- The accelerated call: the module binds this coroutine to the task and
 -- resumes it with rc, rsp (answered) or nil, err (timeout, abort_request).
 local function accel_call(q, method, req, timeout_ms, phase)
@@ -488,9 +536,7 @@ local function accel_call(q, method, req, timeout_ms, phase)
     if not r then
         return nil, "aioresty: no request found"
     end
-    if type(timeout_ms) ~= "number" or not (timeout_ms >= 0) then
-        timeout_ms = DEFAULT_TIMEOUT_MS
-    end
+    timeout_ms = bounded_ms(timeout_ms)
     local id = C.aioresty_accel_call(r, q, method, #method, req, req and #req or 0,
                                      timeout_ms)
     if id < 0 then
@@ -508,6 +554,61 @@ local function accel_call(q, method, req, timeout_ms, phase)
         st.timeouts = st.timeouts + 1
     end
     return rc, rsp
+end
+
+-- A call from a VM that does not own the wake loop (see the top): posted
+-- parked, answered through the owner's drain, polled for here.
+local function parked_call(q, method, req, timeout_ms, phase)
+    local rc = NL.arn_post_parked(q, method, #method, req, req and #req or 0, parked_id)
+    if rc ~= 0 then
+        return nil, strerror(rc)
+    end
+    local id = parked_id[0]
+    -- if this VM is closed while the coroutine waits (its request went
+    -- away), the finalizer forgets the call: C releases the task
+    local cell = ffi_gc(ffi_new("int32_t[1]", id), NL.arn_parked_forget_cell)
+    local w = { cell = cell }
+    local inflight
+    if ABORTABLE[phase] then
+        inflight = watch_abort(id, w)
+    end
+    timeout_ms = bounded_ms(timeout_ms)
+    local deadline = ngx_now() + timeout_ms / 1000
+    local delay = PARK_POLL_MIN
+    while true do
+        local got = NL.arn_parked_take(id, parked_done)
+        if got == 1 then
+            cell[0] = 0
+            if inflight then
+                inflight[id] = nil
+            end
+            local rsp
+            if parked_done.rsp ~= nil then
+                rsp = ffi_string(parked_done.rsp, parked_done.len)
+            end
+            rc = parked_done.rc
+            NL.arn_release(parked_done.task)
+            return rc, rsp
+        end
+        if got < 0 then
+            return nil, w.err or "aborted"      -- abort_request() forgot it
+        end
+        local left = deadline - ngx_now()
+        if left <= 0 then
+            cell[0] = 0
+            NL.arn_parked_forget(id)
+            if inflight then
+                inflight[id] = nil
+            end
+            st.timeouts = st.timeouts + 1
+            return nil, "timeout"
+        end
+        -- never below 1 ms: a shorter sleep is a yield that leaves ngx.now() as it was
+        ngx_sleep(delay < left and delay or (left > PARK_POLL_MIN and left or PARK_POLL_MIN))
+        if delay < PARK_POLL_MAX then
+            delay = delay * 2
+        end
+    end
 end
 
 -- adapter.call(q, method, req, handle, timeout_ms) -> rc, rsp | nil, err
@@ -528,6 +629,9 @@ function _M.call(q, method, req, handle, timeout_ms) -- luacheck: ignore handle
     end
     if accel then
         return accel_call(q, method, req, timeout_ms, phase)
+    end
+    if parked then
+        return parked_call(q, method, req, timeout_ms, phase)
     end
 
     local id = next_id + 1
@@ -561,10 +665,7 @@ function _M.call(q, method, req, handle, timeout_ms) -- luacheck: ignore handle
         inflight = watch_abort(id, w)
     end
 
-    -- every call is bounded (resty_ffi's default, 60 s, when it has none)
-    if type(timeout_ms) ~= "number" or not (timeout_ms >= 0) then
-        timeout_ms = DEFAULT_TIMEOUT_MS
-    end
+    timeout_ms = bounded_ms(timeout_ms)
     local wait_s = timeout_ms / 1000
     if wait_s > MAX_WAIT then
         wait_s = MAX_WAIT
@@ -653,6 +754,7 @@ function _M.stats()
            .. " lua_drained=" .. drained .. " max_batch=" .. max_batch
            .. " timeouts=" .. st.timeouts .. " aborts=" .. st.aborts
            .. " reconnects=" .. st.reconnects .. " running=" .. tostring(running)
+           .. " parked=" .. tostring(parked)
 end
 
 return _M

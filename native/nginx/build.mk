@@ -9,9 +9,11 @@
 NGINX_DIR := $(HERE)/nginx
 NGINX_LIB := $(OUT)/libaioresty_nginx.so
 
-$(NGINX_LIB): $(NGINX_DIR)/aioresty_nginx.c $(NGINX_DIR)/aioresty_nginx.h \
+NGINX_SRC := $(NGINX_DIR)/aioresty_nginx.c $(NGINX_DIR)/parked_calls.c
+
+$(NGINX_LIB): $(NGINX_SRC) $(NGINX_DIR)/aioresty_nginx.h $(NGINX_DIR)/parked_calls.h \
               $(HERE)/core/aioresty_core.h $(NGINX_DIR)/build.mk $(OUT)/libaioresty_core.so | $(OUT)
-	$(CC) $(CFLAGS_COMMON) -I$(HERE)/core -shared -o $@ $(NGINX_DIR)/aioresty_nginx.c \
+	$(CC) $(CFLAGS_COMMON) -I$(HERE)/core -shared -o $@ $(NGINX_SRC) \
 	    -L$(OUT) -laioresty_core -Wl,-rpath,'$$ORIGIN' -Wl,--no-undefined -Wl,-z,nodelete -pthread
 
 LIBS += $(NGINX_LIB)
