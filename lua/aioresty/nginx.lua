@@ -140,9 +140,10 @@ local PATH_MAX = 108
 
 local NL                 -- the ffi.load'ed libaioresty_nginx.so (kept alive)
 local socket_dir         -- nil: $TMPDIR or /tmp (C side)
-local running = false    -- the wake timer of this worker is scheduled/running
+local running = false    -- started: calls are served (wake loop, accelerator, parked, polled)
 local accel = false      -- this worker's calls go through the accelerator module
 local parked = false     -- another Lua VM of this process owns the wake loop
+local polled = false     -- exiting, no wake loop left: each call drains for itself
 local waiters = {}       -- id -> waiter {sema, task, done, rc, rsp, err}
 local n_waiters = 0
 local next_id = 0
@@ -301,10 +302,16 @@ end
 
 local wake_loop
 
+-- The worker is exiting and the wake loop has ended (or never started):
+-- later calls (requests nginx still serves on open connections) drain for
+-- themselves, see polled_wait.
+local function loop_gone_at_exit()
+    polled = true
+end
+
 local function retry_later(delay)
     if worker_exiting() then
-        running = false
-        return
+        return loop_gone_at_exit()
     end
     local ok, err = timer_at(delay, wake_loop)
     if not ok then
@@ -315,8 +322,7 @@ end
 
 wake_loop = function(premature)
     if premature then
-        running = false
-        return
+        return loop_gone_at_exit()
     end
 
     local rc = NL.arn_listen(socket_dir, path_buf, PATH_MAX)
@@ -361,8 +367,7 @@ wake_loop = function(premature)
     NL.arn_disconnect()
     sock:close()
     if worker_exiting() then
-        running = false
-        return
+        return loop_gone_at_exit()
     end
     st.reconnects = st.reconnects + 1
     return retry_later(0)
@@ -397,9 +402,6 @@ local function start()
     if not lib then
         return nil, err
     end
-    if worker_exiting() then
-        return nil, "aioresty: worker is exiting"
-    end
     if accel_present() then
         local rc = C.aioresty_accel_attach(lib.arn_accel_ops_get())
         accel = rc == 0
@@ -408,7 +410,9 @@ local function start()
                     strerror(rc), "): the stock wake loop serves worker ", worker_pid())
         end
     end
-    if not accel and lib.arn_claim(CLAIM_WAKE_LOOP) == 0 then
+    if not accel and worker_exiting() then
+        polled = true           -- no timer can start now; nothing else needed
+    elseif not accel and lib.arn_claim(CLAIM_WAKE_LOOP) == 0 then
         parked = true           -- lua_code_cache off: the first VM's loop drains for us
     elseif not accel then
         ok, err = timer_at(0, wake_loop)
@@ -422,7 +426,7 @@ local function start()
         end
     end
     running = true
-    if not parked then
+    if not parked and not polled then
         ngx_log(NOTICE, accel and "aioresty: accelerator attached in worker "
                               or "aioresty: wake loop started in worker ", worker_pid())
     end
@@ -611,6 +615,32 @@ local function parked_call(q, method, req, timeout_ms, phase)
     end
 end
 
+-- No wake loop (see loop_gone_at_exit): drain between short waits on the
+-- call's own semaphore, 1 ms doubling to 16 ms, until answered, aborted
+-- (abort_request posts the semaphore) or wait_s is over.
+local function polled_wait(w, sema, wait_s)
+    local deadline = ngx_now() + wait_s
+    local delay = PARK_POLL_MIN
+    while true do
+        drain()
+        if w.done then
+            return sema:wait(0)         -- takes the drain's post
+        end
+        local left = deadline - ngx_now()
+        if left <= 0 then
+            return nil, "timeout"
+        end
+        local ok, err = sema:wait(delay < left and delay or
+                                  (left > PARK_POLL_MIN and left or PARK_POLL_MIN))
+        if ok or err ~= "timeout" then
+            return ok, err
+        end
+        if delay < PARK_POLL_MAX then
+            delay = delay * 2
+        end
+    end
+end
+
 -- adapter.call(q, method, req, handle, timeout_ms) -> rc, rsp | nil, err
 function _M.call(q, method, req, handle, timeout_ms) -- luacheck: ignore handle
     if not running then
@@ -670,7 +700,12 @@ function _M.call(q, method, req, handle, timeout_ms) -- luacheck: ignore handle
     if wait_s > MAX_WAIT then
         wait_s = MAX_WAIT
     end
-    local ok, err = sema:wait(wait_s)
+    local ok, err
+    if polled then
+        ok, err = polled_wait(w, sema, wait_s)
+    else
+        ok, err = sema:wait(wait_s)
+    end
 
     if inflight then
         inflight[id] = nil

@@ -291,6 +291,40 @@ def _load(nginx, stop: threading.Event, results: list, method: str, payload_of):
             results.append((False, 0, repr(e).encode()))
 
 
+LATE_CALL = """
+location = /late {
+    content_by_lua_block {
+        local t = require "ngxtest"
+        local rt = t.runtime("aioresty", "tests.apps.echoapp")
+        rt:echo("warm")             -- the worker's first call starts its wake loop
+        ngx.sleep(tonumber(ngx.var.arg_s))
+        local ok, res, err = rt:echo(t.body())
+        t.reply(ok, res, err)
+    }
+}
+"""
+
+
+def test_call_after_the_exit_began_is_answered(nginx):
+    """nginx keeps serving the requests it has read when a reload starts; a
+    call such a request makes after the worker's wake loop ended (no call was
+    waiting) is answered, not refused."""
+    nginx.write_conf(LATE_CALL, workers=1)
+    nginx.start()
+    old = nginx.workers()
+    with cf.ThreadPoolExecutor(4) as pool:
+        late = [pool.submit(nginx.request, "/late?s=1.5", f"late-{k}".encode()) for k in range(3)]
+        time.sleep(0.5)
+        nginx.send_signal(signal.SIGHUP)
+        answers = [f.result(timeout=20) for f in late]
+    assert [(status, body) for status, _, body in answers] == [
+        (200, f"late-{k}".encode()) for k in range(3)
+    ]
+    wait_until(lambda: not set(nginx.workers()) & set(old), 15, what="the old worker to exit")
+    nginx.stop()
+    assert nginx.bad_log_lines() == []
+
+
 def test_hup_reload_under_load(nginx):
     nginx.write_conf(CALL, workers=2)
     nginx.start()
