@@ -89,7 +89,7 @@ BRIDGE_CLUSTER = "aioresty_bridge"
 BRIDGE_SINK = "aioresty_bridge_sink"
 MODULE_NAME = "aioresty_envoy"
 METRICS_FILTER = "aioresty.metrics"
-# Envoy prefixes the module's stats with it: aioresty.<family> (docs/_envoy_metrics.md)
+# Envoy prefixes the module's stats with it: aioresty.<family> (docs/operations.md, Metrics)
 METRICS_NAMESPACE = "aioresty"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _UNLIMITED = 2**32 - 1  # circuit-breaker thresholds are uint32
@@ -317,7 +317,7 @@ def metrics_filter() -> dict[str, Any]:
     """The module's no-op "metrics" filter, disabled: only its config matters,
     a downstream config that exports aioresty's metrics as clean Envoy stats
     (``aioresty.*``; the bridge's own config is scoped under its cluster).
-    docs/_envoy_metrics.md."""
+    docs/operations.md, Metrics."""
     return {
         "name": METRICS_FILTER,
         "disabled": True,

@@ -6,8 +6,10 @@
  * Locks.  g_mu guards the entry list, g_pending* and g_zombie, and is held
  * by the flush thread across its commit, so detach (which unlinks the
  * entry and deletes its scheduler under g_mu) can never race a commit on a
- * deleted scheduler.  No Envoy stats call runs under g_mu, nor does
- * ar_metrics_take (the core's own locks come after g_mu, never before).
+ * deleted scheduler.  No Envoy stats call runs under g_mu but one:
+ * detach's hold of the series in the next exporter (main thread; the flush
+ * thread waits for g_mu holding nothing Envoy's stats need).  ar_metrics_take
+ * never runs under g_mu; the core's own locks come after g_mu, never before.
  *
  * The one other thread.  Envoy's commit locks a weak reference to the
  * config for the duration of the call; should every other reference go
@@ -84,6 +86,21 @@ static ar_mcfg *exporter_locked(void)
 
 /* ---- the flush thread ---- */
 
+/* One commit to sched, with g_mu held.  Should the commit destroy its config
+ * (the file's header comment), detach leaves sched to be deleted here. */
+static void commit_locked(void *sched, uint64_t event)
+{
+    g_committing = sched;
+    t_committing = 1;
+    envoy_dynamic_module_callback_http_filter_config_scheduler_commit(sched, event);
+    t_committing = 0;
+    g_committing = NULL;
+    if (g_zombie) {
+        envoy_dynamic_module_callback_http_filter_config_scheduler_delete(g_zombie);
+        g_zombie = NULL;
+    }
+}
+
 static void *flush_main(void *arg)
 {
     (void)arg;
@@ -105,16 +122,7 @@ static void *flush_main(void *arg)
         if (g_pending == e && now - g_pending_since < PENDING_RETRY_S) continue;
         g_pending = e;
         g_pending_since = now;
-        g_committing = e->sched;
-        t_committing = 1;
-        envoy_dynamic_module_callback_http_filter_config_scheduler_commit(g_committing,
-                                                                          AR_METRICS_FLUSH_EVENT);
-        t_committing = 0;
-        g_committing = NULL;
-        if (g_zombie) {
-            envoy_dynamic_module_callback_http_filter_config_scheduler_delete(g_zombie);
-            g_zombie = NULL;
-        }
+        commit_locked(e->sched, AR_METRICS_FLUSH_EVENT);
     }
     return NULL;
 }
@@ -128,6 +136,15 @@ static int start_locked(void)
 }
 
 /* ---- attach / detach (config hooks) ---- */
+
+/* Envoy deletes a config's stats with the config unless another scope holds
+ * them.  So the series live in the exporter's scope and in the scope of each
+ * downstream config created since (held at its attach), and at a handover
+ * detach holds every series in the next exporter before the old scope goes:
+ * counters and gauges continue.  Histograms cannot be held without
+ * recording into them: observations of the first seconds after a handover
+ * can be lost (docs/operations.md, Metrics). */
+static void hold_into(void *cfg_envoy, const size_t *ids);
 
 /* The stat is the family's bare name: Envoy prefixes the config's
  * metrics_namespace ("aioresty" in every config envoy_config makes). */
@@ -195,13 +212,14 @@ void ar_metrics_attach(void *cfg_envoy, const void *cfg, int upstream)
         pthread_cond_signal(&g_cv);
     }
     pthread_mutex_unlock(&g_mu);
+    if (!upstream) hold_into(cfg_envoy, e->ids);   /* main thread, e cannot go meanwhile */
 }
 
 void ar_metrics_detach(const void *cfg)
 {
     int locked = !t_committing;     /* inside our own commit: g_mu is held */
     if (locked) pthread_mutex_lock(&g_mu);
-    ar_mcfg *e = NULL;
+    ar_mcfg *e = NULL, *was = exporter_locked();
     for (ar_mcfg **p = &g_head; *p; p = &(*p)->next) {
         if ((*p)->cfg == cfg) {
             e = *p;
@@ -209,6 +227,12 @@ void ar_metrics_detach(const void *cfg)
             break;
         }
     }
+    /* The exporter goes: hold every series in the next one now, on the main
+     * thread, while the old scope still holds them (under g_mu: the next
+     * config cannot go meanwhile).  Inside the flush thread's commit no stats
+     * call may run: series created since the next one's attach restart. */
+    ar_mcfg *next = e && e == was ? exporter_locked() : NULL;
+    if (next && locked && !next->upstream) hold_into(next->cfg_envoy, next->ids);
     if (e) {
         if (g_pending == e) g_pending = NULL;
         if (e->sched == g_committing)
@@ -243,7 +267,7 @@ static uint64_t to_u64(double v)
 
 /* The integer recorded for one observation in bucket b: its upper bound,
  * rounded up (Envoy histograms are integers; a bound below 1 records 1);
- * for +Inf twice the largest bound.  See docs/_envoy_metrics.md. */
+ * for +Inf twice the largest bound.  See docs/operations.md, Metrics. */
 static uint64_t bucket_value(const ar_sample *s, int b)
 {
     if (s->nbounds <= 0) return 0;
@@ -258,6 +282,17 @@ static void check(env_metrics_result rc)
     if (rc != ENV_METRICS_SUCCESS) log_once(5, "Envoy refused a stat update", (int)rc);
 }
 
+/* The sample's label values as Envoy strings (borrowed); their number. */
+static int labels_of(const ar_family *f, const ar_sample *s, mod_buf *v)
+{
+    int nl = f->nlabels < AR_METRIC_LABELS_MAX ? f->nlabels : AR_METRIC_LABELS_MAX;
+    for (int i = 0; i < nl; i++) {
+        const char *x = s->values[i] ? s->values[i] : "";
+        v[i] = (mod_buf){x, strlen(x)};
+    }
+    return nl;
+}
+
 static void apply(const ar_sample *s, void *ud)
 {
     const apply_ctx *c = ud;
@@ -265,11 +300,7 @@ static void apply(const ar_sample *s, void *ud)
     const ar_family *f = &c->fams[s->family];
     size_t id = c->ids[s->family];
     mod_buf v[AR_METRIC_LABELS_MAX];
-    int nl = f->nlabels < AR_METRIC_LABELS_MAX ? f->nlabels : AR_METRIC_LABELS_MAX;
-    for (int i = 0; i < nl; i++) {
-        const char *x = s->values[i] ? s->values[i] : "";
-        v[i] = (mod_buf){x, strlen(x)};
-    }
+    int nl = labels_of(f, s, v);
     if (f->kind == AR_METRIC_COUNTER) {
         uint64_t d = to_u64(s->value);
         if (d)
@@ -299,6 +330,31 @@ static void apply(const ar_sample *s, void *ud)
             }
         }
     }
+}
+
+/* A hold: the series into a config's scope, changing no value (a counter
+ * + 0, a gauge set to the value it has). */
+static void hold(const ar_sample *s, void *ud)
+{
+    const apply_ctx *c = ud;
+    if (s->family < 0 || s->family >= c->nfam || !c->ids[s->family]) return;
+    const ar_family *f = &c->fams[s->family];
+    if (f->kind == AR_METRIC_GAUGE) {
+        apply(s, ud);
+    } else if (f->kind == AR_METRIC_COUNTER) {
+        mod_buf v[AR_METRIC_LABELS_MAX];
+        int nl = labels_of(f, s, v);
+        check(envoy_dynamic_module_callback_http_filter_config_increment_counter(
+            c->cfg_envoy, c->ids[s->family], v, (size_t)nl, 0));
+    }
+}
+
+static void hold_into(void *cfg_envoy, const size_t *ids)
+{
+    apply_ctx c = {cfg_envoy, ids, 0, NULL};
+    c.nfam = ar_metric_families(&c.fams);
+    if (c.nfam > AR_MF_MAX) c.nfam = AR_MF_MAX;
+    ar_metrics_each(hold, &c);
 }
 
 void ar_metrics_scheduled(void *cfg_envoy, const void *cfg, uint64_t event_id)

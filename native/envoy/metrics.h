@@ -1,7 +1,7 @@
 /*
  * metrics.h - the core's metrics table (aioresty_core.h section 4) as Envoy
  * stats, for every filter mode (the hall, module.c, calls these around each
- * mode's config hooks; docs/_envoy_metrics.md has the names).
+ * mode's config hooks; docs/operations.md, Metrics, has the names).
  *
  * Every aioresty http filter config defines every family of
  * ar_metric_families() as an Envoy vec stat named as the family, with the
@@ -11,7 +11,12 @@
  * Exactly one config, the exporter, copies the table into its stats: the
  * oldest live downstream config (lua, python), else the oldest bridge
  * config; the table's deltas are taken by that one, so nothing counts twice.
- * When the exporter's config goes, the next one takes over.
+ * When the exporter's config goes, the next one takes over.  Envoy deletes
+ * a config's stats with it unless another scope holds them, so a config
+ * holds every counter and gauge series (adding 0) when it is attached and
+ * when it becomes the exporter: they continue across a handover.
+ * Histograms cannot be held without recording into them: observations of
+ * the first seconds after a handover can be lost.
  *
  * Threads.  A process-wide flush thread (started with the first config,
  * signals blocked, detached, lives as long as the process) commits

@@ -59,6 +59,7 @@ class EnvoyProcess:
         self.env = env
         self.concurrency = concurrency
         self.log_level = log_level
+        self.args: list[str] = []  # more of Envoy's command-line options
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> EnvoyProcess:
@@ -73,6 +74,7 @@ class EnvoyProcess:
             self.log_level,
             "--log-format",
             "[%L] %v",
+            *self.args,
         ]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -101,8 +103,8 @@ class EnvoyProcess:
         _, text = self.admin("/stats?format=json")
         out: dict[str, int] = {}
         for s in json.loads(text)["stats"]:
-            if "value" in s:
-                out[s["name"]] = int(s["value"])
+            if isinstance(s.get("value"), int):  # counters and gauges, not text readouts
+                out[s["name"]] = s["value"]
         return out
 
     def request(
