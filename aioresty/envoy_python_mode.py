@@ -4,7 +4,10 @@ The filter is the dynamic module ``libaioresty_envoy.so`` in its ``python``
 mode; its ``filter_config`` is JSON (as the ``lua`` mode's) naming the App
 and the options::
 
-    {"app": "pkg.module:app", "fail": "closed", "body_limit": 1048576, "timeout": 10}
+    {"app": "pkg.module:app", "fail": "closed", "body_limit": 1048576, "timeout": 2.5}
+
+(``timeout``: seconds a phase's hooks may run; absent or 0, the App's
+``App(timeout=)``.)
 
 Per route (``typed_per_filter_config``), ``{"disabled": true}`` turns it off
 and ``{"app": "pkg.other:app", ...}`` runs another App (or the same one with
@@ -26,7 +29,6 @@ from .envoy_config import _addr, module_config, stats_config
 
 FILTER_NAME = "aioresty.python"
 DEFAULT_BODY_LIMIT = 1024 * 1024
-DEFAULT_TIMEOUT = 10.0
 
 _T = "type.googleapis.com/"
 _DM = _T + "envoy.extensions.filters.http.dynamic_modules.v3."
@@ -52,7 +54,7 @@ def filter_config_string(
         config["body_limit"] = int(body_limit)
     if timeout is not None:
         if timeout < 0:
-            raise ValueError("timeout must be >= 0 (0 = none)")
+            raise ValueError("timeout must be >= 0 seconds (0: the App's timeout)")
         config["timeout"] = timeout
     return json.dumps(config)
 
@@ -199,7 +201,7 @@ def add_cli(esub: Any) -> None:
         "--timeout",
         type=float,
         metavar="S",
-        help=f"seconds a hook may run, 0 = none (default {DEFAULT_TIMEOUT:g})",
+        help="seconds a phase's hooks may run (default: the App's timeout, App(timeout=))",
     )
     p.add_argument(
         "--listen",

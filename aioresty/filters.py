@@ -357,15 +357,18 @@ class FilterChain:
         return self._handler(method, timeout_ms), _run(self, phase, flat, body)
 
     async def _info(self) -> str:
+        """The module's config-time question (native/envoy/python/config.c):
+        "RBSC<ms>", four '0'/'1' (on_request, request body, on_response,
+        response body) and the App's timeout in whole milliseconds, the
+        hooks' timeout where the filter config gives none."""
         req, resp = self._hooks["request"], self._hooks["response"]
-        return "".join(
-            "1" if x else "0"
-            for x in (req, any(h.body for h in req), resp, any(h.body for h in resp))
-        )
+        hooks = (req, any(h.body for h in req), resp, any(h.body for h in resp))
+        timeout_ms = max(1, round(self._timeout() * 1000))
+        return "".join("1" if x else "0" for x in hooks) + str(timeout_ms)
 
     def _handler(self, method: str, timeout_ms: Any) -> Handler:
         """A Handler per (method, timeout): the runtime's timeout/abort machinery.
-        The module sends whole milliseconds (0: the app's timeout); anything else -
+        The module sends whole milliseconds (0: the App's timeout); anything else -
         a Lua script posting __filter_* itself - is refused, so the cache stays as
         small as the set of configured timeouts."""
         if (

@@ -6,8 +6,8 @@
  * filter_config (a StringValue) is a JSON object (config_json.h):
  *     {"app": "pkg.mod:app", "fail": "open"|"closed", "body_limit": BYTES,
  *      "timeout": SECONDS}
- * defaults: fail closed, body_limit 1 MiB, timeout 10 s (0: no runtime-side
- * timeout; the module still bounds the phase at AR_DEFAULT_TIMEOUT_MS).
+ * defaults: fail closed, body_limit 1 MiB, timeout: the App's (App(timeout=),
+ * told by the info query; "timeout": 0 means the same).
  * Per route: {"disabled": true}, or another app and/or options as above.
  * The old form, whitespace-separated tokens
  *     "pkg.mod:app [fail=open|closed] [body_limit=BYTES] [timeout=SECONDS]"
@@ -16,8 +16,9 @@
  *
  * The app is loaded once per config (ar_runtime_load("aioresty", spec)); the
  * runtime is then asked which hooks the app has ("__filter_info", answered
- * "RBSC": four '0'/'1' - on_request, request body, on_response, response
- * body) so a stream only pays for what is used.
+ * "RBSC<ms>": four '0'/'1' - on_request, request body, on_response, response
+ * body - then the App's timeout in decimal milliseconds; aioresty/filters.py
+ * FilterChain._info) so a stream only pays for what is used.
  *
  * Threads: Envoy's main thread; the info query's sink runs on the runtime's
  * thread.  Ownership: the py_app inside a py_config (a filter's or a route's) holds a queue
@@ -45,7 +46,7 @@ static void app_defaults(py_app *a)
 {
     a->fail_open = 0;
     a->body_limit = PY_DEFAULT_BODY_LIMIT;
-    a->timeout_ms = PY_DEFAULT_TIMEOUT_MS;
+    a->timeout_ms = 0;  /* the App's, once the info query told it */
 }
 
 static int set_spec(py_app *a, const char *spec, char *err, size_t errlen)
@@ -79,11 +80,12 @@ static int set_body_limit(py_app *a, double v, const char *text, char *err, size
     return 0;
 }
 
-/* v: seconds, 0 = none */
+/* v: seconds, 0 = the App's */
 static int set_timeout(py_app *a, double v, const char *text, char *err, size_t errlen)
 {
     if (!(v >= 0) || v > MAX_TIMEOUT_S) {
-        snprintf(err, errlen, "bad timeout '%s' (seconds, 0 = none)", text);
+        snprintf(err, errlen, "bad timeout '%s' (seconds up to %d; 0: the App's)", text,
+                 MAX_TIMEOUT_S);
         return -1;
     }
     a->timeout_ms = (uint32_t)(v * 1000.0 + 0.5);
@@ -183,11 +185,13 @@ static void warn_tokens(const py_app *a, int disabled, const char *what)
         spec[n++] = *p;
     }
     spec[n] = '\0';
+    char timeout[48] = "";
+    if (a->timeout_ms)
+        snprintf(timeout, sizeof timeout, ", \"timeout\": %g", a->timeout_ms / 1000.0);
     ar_envoy_log(ENV_LOG_WARN, "aioresty: python filter %s: the key=value filter_config is "
                                "deprecated and goes in the next release; write {\"app\": \"%s\", "
-                               "\"fail\": \"%s\", \"body_limit\": %zu, \"timeout\": %g}",
-                 what, spec, a->fail_open ? "open" : "closed", a->body_limit,
-                 a->timeout_ms / 1000.0);
+                               "\"fail\": \"%s\", \"body_limit\": %zu%s}",
+                 what, spec, a->fail_open ? "open" : "closed", a->body_limit, timeout);
 }
 
 /* ------------------------------------------------------------ app loading */
@@ -275,11 +279,17 @@ static int app_load(py_app *a, char *err, size_t errlen)
     } else {
         size_t n = 0;
         const char *r = ar_task_response(t, &n);
-        if (r && n == 4) {
+        unsigned long long app_ms = 0;
+        size_t i = 4;
+        while (r && i < n && i < 16 && r[i] >= '0' && r[i] <= '9')
+            app_ms = app_ms * 10 + (unsigned)(r[i++] - '0');
+        if (app_ms > MAX_TIMEOUT_S * 1000ull) app_ms = MAX_TIMEOUT_S * 1000ull;
+        if (r && n > 4 && i == n && app_ms > 0) {
             a->on_request = r[0] == '1';
             a->request_body = r[1] == '1';
             a->on_response = r[2] == '1';
             a->response_body = r[3] == '1';
+            if (!a->timeout_ms) a->timeout_ms = (uint32_t)app_ms;
             out = 0;
         } else {
             snprintf(err, errlen, "bad info answer (aioresty version mismatch?)");

@@ -20,9 +20,9 @@
  *
  * `timeout` is sent to the runtime, which cancels the hook chain after it;
  * the module also arms its own timeout (ar_call_post, timeouts.h) at timeout
- * + HOST_TIMEOUT_MARGIN_MS (timeout 0: no runtime-side timeout, the module's
- * bound is AR_DEFAULT_TIMEOUT_MS), so a runtime that never answers still
- * ends in the failure policy ("timeout"), and the task is aborted.
+ * + HOST_TIMEOUT_MARGIN_MS (timeout is never 0: the config's, else the
+ * App's), so a runtime that never answers still ends in the failure policy
+ * ("timeout"), and the task is aborted.
  *
  * Wire formats (aioresty/filters.py is the other side):
  *   snapshot  msgpack [phase(1 req|2 resp), timeout_ms, [k, v, k, v...],
@@ -156,9 +156,8 @@ static int post_phase(py_filter *f, ar_dir dir, int with_body)
 
     const char *method = dir == AR_DIR_REQUEST ? "__filter_request" : "__filter_response";
     /* bounded even when the runtime never answers */
-    uint32_t ms = f->app->timeout_ms ? f->app->timeout_ms + HOST_TIMEOUT_MARGIN_MS
-                                     : AR_DEFAULT_TIMEOUT_MS;
-    rc = ar_call_post(&f->call, fe, f->app->q, method, strlen(method), w.p, w.len, ms);
+    rc = ar_call_post(&f->call, fe, f->app->q, method, strlen(method), w.p, w.len,
+                      f->app->timeout_ms + HOST_TIMEOUT_MARGIN_MS);
     free(w.p);
     if (rc == AR_OK) {
         f->state = ST_OF(dir, ST_REQ_PENDING);
@@ -345,9 +344,7 @@ static void host_timeout(py_filter *f, ar_dir dir)
 {
     ar_envoy_log(ENV_LOG_WARN,
                  "aioresty: python filter '%s' (%s): no answer within %u ms (+%d ms): timeout",
-                 f->app->spec, DIR_NAME(dir),
-                 f->app->timeout_ms ? f->app->timeout_ms : AR_DEFAULT_TIMEOUT_MS,
-                 f->app->timeout_ms ? HOST_TIMEOUT_MARGIN_MS : 0);
+                 f->app->spec, DIR_NAME(dir), f->app->timeout_ms, HOST_TIMEOUT_MARGIN_MS);
     if (!f->app->fail_open) local_reply(f, 500, "timeout", "aioresty filter failed\n");
     else phase_done(f, dir);
 }

@@ -26,7 +26,6 @@
 #include "stream.h"
 
 #define PY_DEFAULT_BODY_LIMIT (1024 * 1024)
-#define PY_DEFAULT_TIMEOUT_MS 10000
 
 /* one App binding: the filter config's, or a per-route override */
 typedef struct py_app {
@@ -35,7 +34,7 @@ typedef struct py_app {
     int on_request, request_body, on_response, response_body;
     int fail_open;
     size_t body_limit;
-    uint32_t timeout_ms;
+    uint32_t timeout_ms;     /* > 0 once loaded: the config's, else the App's */
 } py_app;
 
 /* A filter config, or a per-route config (Envoy hands the route's back

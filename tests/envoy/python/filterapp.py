@@ -104,6 +104,16 @@ async def upper(resp: FilterResponse) -> None:
     resp.headers["x-body-len"] = str(len(data))
 
 
+# an app whose own timeout bounds its hooks (the filter config gives none)
+quick_app = aioresty.App(timeout=0.4)
+
+
+@quick_app.on_request
+async def slow(req: FilterRequest) -> None:
+    if "/sleep/" in req.path:
+        await asyncio.sleep(float(req.path.rsplit("/", 1)[1]))
+
+
 # a pass-through app (benchmarks, the minimal cost)
 passthrough = aioresty.App()
 

@@ -33,13 +33,14 @@ def test_info_and_handler_timeout() -> None:
     async def a(req: aioresty.FilterRequest) -> None:
         return None
 
-    assert run(app, "__filter_info", b"")[1] == "1100"
+    assert run(app, "__filter_info", b"")[1] == "110030000"  # hooks, App timeout 30 s
 
     @app.on_response
     async def b(resp: aioresty.FilterResponse) -> None:
         return None
 
-    assert run(app, "__filter_info", b"")[1] == "1110"
+    assert run(app, "__filter_info", b"")[1] == "111030000"
+    assert run(aioresty.App(timeout=0.25), "__filter_info", b"")[1] == "0000250"
     handler, out = run(app, "__filter_request", snapshot(1, [":path", "/"], b""))
     assert out == b"" and handler.timeout == 2.5
 

@@ -83,7 +83,7 @@ def test_json_form(upstream: Upstream, tmp_path: Path) -> None:
         assert e.stop() == 0
     log = e.log()
     assert f"python filter config '{APP}': " in log
-    assert "fail=closed body_limit=4096 timeout_ms=10000" in log
+    assert "fail=closed body_limit=4096 timeout_ms=30000" in log  # App()'s own
     assert f"python filter route '{APP}': " in log
     assert "fail=open body_limit=4096 timeout_ms=300" in log
     assert _deprecation_lines(log) == []
@@ -122,7 +122,7 @@ def test_token_form_still_read_with_a_warning(upstream: Upstream, tmp_path: Path
     assert all(line.startswith("[W] ") for line in lines), lines  # --log-format "[%L] %v"
     want = [
         f"python filter config: the key=value filter_config is deprecated and goes in the next "
-        f'release; write {{"app": "{APP}", "fail": "closed", "body_limit": 65536, "timeout": 10}}',
+        f'release; write {{"app": "{APP}", "fail": "closed", "body_limit": 65536}}',
         "python filter route: the key=value filter_config is deprecated and goes in the next "
         'release; write {"disabled": true}',
         f'write {{"app": "{APP}", "fail": "open", "body_limit": 1048576, "timeout": 0.3}}',

@@ -190,6 +190,22 @@ def test_timeout_fail_closed_and_open(envoy: FilterEnvoy) -> None:
     assert time.monotonic() - t0 < 2.5
 
 
+def test_the_apps_timeout_bounds_its_hooks(upstream: Upstream, tmp_path) -> None:
+    """No "timeout" in the filter config: App(timeout=0.4) is the hooks' timeout."""
+    e = FilterEnvoy(tmp_path, upstream.port, app="tests.envoy.python.filterapp:quick_app")
+    e.start()
+    try:
+        status, _, body = req(e, "GET", "/sleep/0.05")
+        assert status == 200 and echoed(body)["path"] == "/sleep/0.05"
+        status, h, _ = req(e, "GET", "/sleep/5")
+        assert status == 500 and h["x-aioresty-error"] == "timeout", (status, h)
+    finally:
+        assert e.stop() == 0
+    log = e.log()
+    assert "fail=closed body_limit=1048576 timeout_ms=400" in log
+    assert "timed out after 0.4s" in log, log[-2000:]
+
+
 def test_per_route_disable(envoy: FilterEnvoy) -> None:
     status, h, body = req(envoy, "GET", "/off/echo")  # no auth needed
     assert status == 200 and "x-user" not in echoed(body)["h"] and "x-served-by" not in h
