@@ -5,12 +5,15 @@
 
 It makes a private prefix (``<prefix>/lua`` -> aioresty's Lua files, ``<prefix>/logs``),
 passes what the workers need in their environment (``AIORESTY_LIB_DIR``,
-``AIORESTY_VENV`` = this interpreter's venv, ``PYTHONPATH`` = the config's directory
-first), and starts ``nginx -p <prefix> -c <conf> -g 'daemon off;'`` in its own process
-group, with warnings and errors also on this terminal.  Ctrl-C (SIGINT) or SIGTERM
-stops nginx gracefully (SIGQUIT: calls in flight finish); a second Ctrl-C, or 10 s
-without an exit, stops it at once (SIGTERM, then SIGKILL to its process group).  The
-prefix is removed afterwards unless ``--keep`` or nginx failed.
+``AIORESTY_VENV`` = this interpreter's venv, ``PYTHONPATH`` = the config's directory,
+the ``--pythonpath`` entries, the current directory, then any inherited PYTHONPATH),
+checks that the workers' user can reach the Python, the venv and aioresty's files (exit
+2 naming the directory in the way otherwise), and starts ``nginx -p <prefix> -c <conf>
+-g 'daemon off;'`` in its own process group, with warnings and errors also on this
+terminal. Ctrl-C (SIGINT) or SIGTERM stops nginx gracefully (SIGQUIT: calls in flight
+finish); a second Ctrl-C, or 10 s without an exit, stops it at once (SIGTERM, then
+SIGKILL to its process group). The prefix is removed afterwards unless ``--keep`` or
+nginx failed.
 
 The same ``Nginx`` class starts the benchmark's nginx (benchmarks/bench_nginx.py).
 """
@@ -20,11 +23,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import grp
 import os
+import pwd
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -111,6 +117,53 @@ def has_directive(conf: Path, name: str) -> bool:
 def listen_addresses(conf: Path) -> list[str]:
     """host:port of the `listen` directives of a config (for the banner only)."""
     return re.findall(r"\blisten\s+([0-9.]+:\d+)", _uncommented(conf))
+
+
+def worker_user(conf: Path) -> str | None:
+    """The user nginx's workers run as: the config's ``user`` directive, else
+    ``nobody`` when the master is root (nginx's built-in default); None when
+    the master is not root (the workers are then this user)."""
+    if os.geteuid() != 0:
+        return None
+    m = re.search(r"(?m)^\s*user\s+([^\s;]+)", _uncommented(conf))
+    return m.group(1) if m else "nobody"
+
+
+def _searchable(path: Path, uid: int, gids: set[int]) -> bool:
+    st = path.stat()
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid in gids:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def unreachable(conf: Path, needed: Iterable[str | Path]) -> str | None:
+    """Why the workers cannot reach a path they load from (the Python, the
+    venv, aioresty's libraries, the app's directories), or None."""
+    user = worker_user(conf)
+    if user is None:
+        return None
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None  # nginx itself says "getpwnam(...) failed"
+    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    for target in needed:
+        path = Path(target).resolve()
+        for d in [*reversed(path.parents), path]:
+            if not d.is_dir() or _searchable(d, pw.pw_uid, gids):
+                continue
+            mode = stat.filemode(d.stat().st_mode)
+            return (
+                f"nginx workers run as {user!r} and cannot reach {path} ({d} is {mode}): "
+                f"`chmod o+x {d}` (what `make python-access` does for the repository's "
+                f"venv), put the venv and the app where {user!r} can read them, or set "
+                f"`user` in the config"
+            )
+    return None
 
 
 def children(pid: int) -> list[int]:
@@ -260,6 +313,16 @@ def _serve(args: argparse.Namespace) -> int:
     own_prefix = args.prefix is None
     prefix = make_prefix(Path(args.prefix).resolve() if args.prefix else None)
     pythonpath = [conf.parent, *args.pythonpath, Path.cwd()]
+    needed: list[str | Path] = [sys.base_prefix, venv_dir() or sys.prefix]
+    needed += [paths.lib_dir(), paths.lua_dir()]
+    why = unreachable(conf, needed)
+    if why:
+        print(f"aioresty nginx: {why}", file=sys.stderr)
+        return 2
+    for d in pythonpath:  # needed only if the app's modules are there
+        why = unreachable(conf, [d])
+        if why:
+            print(f"aioresty nginx: warning: {why}; modules there will not import", file=sys.stderr)
     nginx = Nginx(conf, prefix, runtime_env(pythonpath), stderr_level=args.log_level)
 
     stops: list[int] = []

@@ -102,3 +102,37 @@ def test_run_reload_warm_workers_and_outside_quit(
     finally:
         if proc.poll() is None:
             terminate(proc, 30, "aioresty nginx run")
+
+
+def test_run_refuses_what_the_workers_cannot_reach(tmp_path: Path) -> None:
+    """As root, nginx's workers run as nobody: a lib dir (or Python, venv) behind a
+    0700 directory would fail in every worker; the runner says which directory
+    and exits 2 before starting nginx."""
+    why = nginx_run.missing()
+    if why:
+        pytest.skip(why)
+    if os.geteuid() != 0:
+        pytest.skip("the workers run as this user unless the master is root")
+    locked = tmp_path / "locked"
+    lib = locked / "lib"
+    lib.mkdir(parents=True)
+    locked.chmod(0o700)
+    for so in nginx_run.paths.lib_dir().glob("*.so"):
+        (lib / so.name).symlink_to(so)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(CONF.format(port=free_port()))
+    env = dict(os.environ, PYTHONPATH=str(REPO), AIORESTY_LIB_DIR=str(lib))
+    r = subprocess.run(
+        [sys.executable, "-m", "aioresty.cli", "nginx", "run", str(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"nginx workers run as 'nobody' and cannot reach {lib} (" in r.stderr, r.stderr
+    assert "is drwx------): `chmod o+x " in r.stderr, r.stderr
+    # `user root;` in the config: nothing in the way
+    assert nginx_run.unreachable(Path(conf), [lib]) is not None
+    conf.write_text("user root;\n" + CONF.format(port=free_port()))
+    assert nginx_run.unreachable(conf, [lib]) is None
