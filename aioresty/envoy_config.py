@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -492,6 +493,21 @@ def script_mode(user: dict[str, Any]) -> str:
     return str(mode)
 
 
+_DURATION = re.compile(r"\d+(\.\d{1,9})?s")
+
+
+def _duration(route: dict[str, Any], value: Any) -> str:
+    """A route's timeout as Envoy's duration text: "30s", "0.5s", or seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return f"{value:g}s"
+    if isinstance(value, str) and _DURATION.fullmatch(value):
+        return value
+    raise ValueError(
+        f"route {route.get('prefix', '/')!r}: timeout must be seconds, a number or a duration "
+        f'such as "30s" or "0.5s", got {value!r}'
+    )
+
+
 def _read_lua(spec: Any, base: Path) -> str:
     if isinstance(spec, dict):
         if "inline" in spec:
@@ -523,7 +539,8 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
         if r.get("upstream"):
             if r["upstream"] not in upstreams:
                 raise ValueError(f"route {r!r}: unknown upstream {r['upstream']!r}")
-            act: dict[str, Any] = {"cluster": r["upstream"], "timeout": r.get("timeout", "30s")}
+            act: dict[str, Any] = {"cluster": r["upstream"]}
+            act["timeout"] = _duration(r, r.get("timeout", "30s"))
             if "prefix_rewrite" in r:
                 act["prefix_rewrite"] = r["prefix_rewrite"]
             route["route"] = act

@@ -254,6 +254,12 @@ def test_run_execs_envoy_with_the_config(tmp_path: Path) -> None:
         ("[[routes]]\nprefix = '/'\nlua = 'x'", ".toml", "unknown lua script 'x'"),
         ("[[routes]]\nprefix = '/'\nupstream = 'u'", ".toml", "unknown upstream 'u'"),
         ("[[routes]]\nprefx = '/'", ".toml", "routes[0]: unknown key 'prefx'"),
+        (
+            "[upstreams]\nu = '127.0.0.1:1'\n[[routes]]\nprefix = '/'\nupstream = 'u'\n"
+            "timeout = '10'",
+            ".toml",
+            "route '/': timeout must be seconds, a number or a duration such as \"30s\"",
+        ),
         ("[lua]\na = 'missing.lua'", ".toml", "lua script not found"),
         ('{"listen": 1', ".json", "not valid JSON"),
         ("script_mode = 'stock'", ".toml", "script_mode must be one of 'bridge', 'lua'"),
