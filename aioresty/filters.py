@@ -44,7 +44,7 @@ from typing import Any, Literal, TypeVar
 
 import msgpack
 
-from .handler import Handler
+from .handler import Handler, HandlerError, describe
 
 Phase = Literal["request", "response"]
 RequestHook = Callable[["FilterRequest"], Awaitable["Response | None"]]
@@ -424,7 +424,17 @@ async def _run(chain: FilterChain, phase: int, flat: list[str], body: bytes | No
         hooks = chain.hooks("response")
         msg = FilterResponse(pseudo, headers, body, any(h.body for h in hooks))
     for hook in hooks:
-        result = await hook.fn(msg)
+        try:
+            result = await hook.fn(msg)
+        except HandlerError:
+            raise  # the hook chose its rc and message
+        except Exception as exc:  # name the hook, not "__filter_request"
+            where = "on_request" if phase == _PHASE_REQUEST else "on_response"
+            err = HandlerError(
+                f"aioresty: {where} hook '{hook.fn.__qualname__}' raised "
+                f"{type(exc).__name__}: {describe(exc)}"
+            )
+            raise err.with_traceback(exc.__traceback__) from None  # one traceback: the hook's
         if result is None:
             continue
         if isinstance(result, Response):

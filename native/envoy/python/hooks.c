@@ -370,9 +370,7 @@ static void py_scheduled(void *fe, void *fm, uint64_t id)
     const char *ans = ar_task_response(t, &len);
     int replied = 0;
     if (rc != 0) {
-        ar_envoy_log(ENV_LOG_WARN, "aioresty: python filter '%s' (%s): rc=%d %.*s",
-                     f->app->spec, DIR_NAME(dir), rc,
-                     (int)(ans ? (len > 400 ? 400 : len) : 0), ans ? ans : "");
+        /* the runtime logged it: one line (rate-limited) with the hook's traceback */
         if (!f->app->fail_open) {
             local_reply(f, 500, rc == AR_RC_TIMEOUT ? "timeout" : "error", "aioresty filter failed\n");
             replied = 1;

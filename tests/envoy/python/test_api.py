@@ -99,7 +99,9 @@ def test_body_misuse_is_an_error() -> None:
     async def hook(req: aioresty.FilterRequest) -> None:
         await req.body()
 
-    with pytest.raises(RuntimeError, match="body=True"):
+    with pytest.raises(
+        aioresty.HandlerError, match=r"on_request hook '.*hook' raised Runti.*body=True"
+    ):
         run(app, "__filter_request", snapshot(1, [":path", "/"]))
 
 

@@ -100,9 +100,21 @@ def test_request_body_over_limit_is_413(envoy: FilterEnvoy, upstream: Upstream) 
 def test_exception_fail_closed_and_open(envoy: FilterEnvoy) -> None:
     status, h, _ = req(envoy, "GET", "/boom")
     assert status == 500 and h["x-aioresty-error"] == "error"
-    assert "boom from the filter" in envoy.log()
+
+    def failure_lines() -> list[str]:  # one line per failed call, naming the hook
+        return [
+            ln
+            for ln in envoy.log().splitlines()
+            if ln.startswith("[W]") and "boom from the filter" in ln
+        ]
+
+    wait_until(lambda: failure_lines(), 10, "the failed call's log line")
+    (line,) = failure_lines()
+    assert "on_request hook 'auth' raised RuntimeError: boom from the filter" in line
+    assert 'raise RuntimeError("boom from the filter")' in envoy.log()  # its traceback
     status, h, body = req(envoy, "GET", "/open/boom")  # fail=open on /open/
     assert status == 200 and "x-user" not in echoed(body)["h"]
+    wait_until(lambda: len(failure_lines()) == 2, 10, "the second failed call's line")
 
 
 def test_broken_hook_answers_apply_the_fail_policy(envoy: FilterEnvoy) -> None:
@@ -140,10 +152,15 @@ def test_output_hygiene_applies_the_fail_policy(
     statuses 200-599: a hook breaking that fails under the filter's policy and
     nothing reaches the upstream raw."""
     before = upstream.hits
-    status, h, _ = req(envoy, "GET", f"/hygiene/{case}", headers=AUTH)
-    assert (status, h["x-aioresty-error"]) == (500, "error")
-    assert upstream.hits == before
-    assert message in envoy.log()
+
+    def failed_and_logged() -> bool:
+        status, h, _ = req(envoy, "GET", f"/hygiene/{case}", headers=AUTH)
+        assert (status, h["x-aioresty-error"]) == (500, "error")
+        assert upstream.hits == before
+        return message in envoy.log()
+
+    # again until logged: the runtime logs at most 10 failed calls a second
+    wait_until(failed_and_logged, 10, f"{message!r} in Envoy's log", interval=0.2)
 
 
 @pytest.mark.parametrize(
