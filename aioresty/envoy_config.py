@@ -67,7 +67,7 @@ ON_ERRORS = {
 }
 # Envoy's stock Lua filter has no such option: fail_closed scripts get this
 # wrapper appended (LuaJIT's pcall lets httpCall yield through it).
-FAIL_CLOSED_LUA = """
+_FAIL_CLOSED_LUA = """
 
 -- added by aioresty (on_error = "fail_closed"): a script error answers 500
 do
@@ -76,7 +76,7 @@ do
         envoy_on_request = function(h)
             local ok, err = pcall(on_request, h)
             if not ok then
-                h:logErr("aioresty: Lua script error: " .. tostring(err))
+                h:logErr("aioresty: Lua script error in " .. CHUNK .. ": " .. tostring(err))
                 pcall(h.respond, h, {[":status"] = "500", ["content-type"] = "text/plain"},
                       "lua script error\\n")  -- the lua mode's words
             end
@@ -84,6 +84,20 @@ do
     end
 end
 """
+
+
+def _lua_string(text: str) -> str:
+    """A Lua 5.1 string literal of ``text`` (bytes other than safe ASCII as \\ddd)."""
+    safe = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ./_-")
+    return '"' + "".join(chr(b) if b in safe else f"\\{b:03d}" for b in text.encode()) + '"'
+
+
+def fail_closed_lua(chunk_name: str) -> str:
+    """What the bridge mode appends to a script with on_error = "fail_closed":
+    its errors answer 500 and are logged naming ``chunk_name``."""
+    return _FAIL_CLOSED_LUA.replace("CHUNK", _lua_string(chunk_name), 1)
+
+
 NO_ANSWER = "aioresty: the route's Lua script did not answer\n"
 LUA_MODE_FILTER_PREFIX = "aioresty.lua."
 BRIDGE_CLUSTER = "aioresty_bridge"
@@ -280,16 +294,19 @@ def lua_mode_filter(
     code: str | None = None,
     *,
     filename: str | os.PathLike[str] | None = None,
+    chunk_name: str | None = None,
     on_error: str | None = None,
     metadata_namespace: str | None = None,
     disabled: bool = False,
 ) -> dict[str, Any]:
     """An http_filters entry ``aioresty.lua.<name>`` of the module's "lua" mode
-    running ``code`` (inline) or the script at ``filename`` (docs/lua-mode.md
-    lists the filter_config keys)."""
+    running ``code`` (inline, its error messages say ``chunk_name:LINE:``) or the
+    script at ``filename`` (docs/lua-mode.md lists the filter_config keys)."""
     cfg: dict[str, str] = {}
     if code is not None:
         cfg["inline_code"] = code
+    if chunk_name is not None:
+        cfg["chunk_name"] = chunk_name
     if filename is not None:
         cfg["filename"] = os.fspath(filename)
     if on_error is not None:
@@ -508,15 +525,17 @@ def _duration(route: dict[str, Any], value: Any) -> str:
     )
 
 
-def _read_lua(spec: Any, base: Path) -> str:
+def _read_lua(name: str, spec: Any, base: Path) -> tuple[str, str]:
+    """The script's source and the name its errors give: the file as the config
+    says it, or lua.<name> for inline code."""
     if isinstance(spec, dict):
         if "inline" in spec:
-            return str(spec["inline"])
+            return str(spec["inline"]), f"lua.{name}"
         spec = spec["file"]
     p = Path(spec)
     if not p.is_absolute():
         p = base / p
-    return p.read_text()
+    return p.read_text(), str(spec)
 
 
 def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> dict[str, Any]:
@@ -525,9 +544,10 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
     mode = script_mode(user)
     default_on_error = user.get("on_error", "fail_closed")
     scripts: dict[str, str] = {}
+    chunk_names: dict[str, str] = {}
     on_error: dict[str, str] = {}
     for name, spec in (user.get("lua") or {}).items():
-        scripts[name] = _read_lua(spec, base)
+        scripts[name], chunk_names[name] = _read_lua(name, spec, base)
         oe = spec.get("on_error", default_on_error) if isinstance(spec, dict) else default_on_error
         if oe not in ON_ERRORS:
             raise ValueError(f"lua.{name}: on_error must be one of {', '.join(ON_ERRORS)}")
@@ -563,7 +583,9 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
     if scripts and mode == "lua":
         used = {r["lua"] for r in user.get("routes") or [] if r.get("lua")}
         http_filters.extend(
-            lua_mode_filter(name, code, on_error=on_error[name], disabled=True)
+            lua_mode_filter(
+                name, code, chunk_name=chunk_names[name], on_error=on_error[name], disabled=True
+            )
             for name, code in scripts.items()
             if name in used
         )
@@ -571,7 +593,12 @@ def build_config(user: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -
         http_filters.append(
             lua_filter(
                 {
-                    name: code + (FAIL_CLOSED_LUA if on_error[name] == "fail_closed" else "")
+                    name: code
+                    + (
+                        fail_closed_lua(chunk_names[name])
+                        if on_error[name] == "fail_closed"
+                        else ""
+                    )
                     for name, code in scripts.items()
                 }
             )

@@ -75,7 +75,7 @@ def test_config_of_the_example_validates(tmp_path: Path) -> None:
         "http_filters"
     ][0]["typed_config"]["source_codes"]
     seed = (DEMO.parent / "seed.lua").read_text()
-    assert lua["seed"]["inline_string"] == seed + envoy_config.FAIL_CLOSED_LUA
+    assert lua["seed"]["inline_string"] == seed + envoy_config.fail_closed_lua("seed.lua")
     validate(out, env)
     # stdout form is the same document
     r2 = aioresty("envoy", "config", str(DEMO), env=env)
@@ -111,6 +111,7 @@ def test_lua_mode_config_validates(tmp_path: Path) -> None:
     seed_cfg = json.loads(chain[0]["typed_config"]["filter_config"]["value"])
     assert seed_cfg == {
         "inline_code": (DEMO.parent / "seed.lua").read_text(),
+        "chunk_name": str(DEMO.parent / "seed.lua"),  # its errors say <file>:LINE:
         "on_error": "fail_closed",
     }
     assert {c["name"] for c in cfg["static_resources"]["clusters"]} == {"httpbin"}

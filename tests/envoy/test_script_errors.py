@@ -59,6 +59,11 @@ def test_script_errors_fail_closed(envoy_factory, upstream: HttpUpstream, mode: 
     status, _, _ = env.request("GET", "/open")
     assert status == 200 and upstream.hits("/open") == 1
     assert "boom in the script" in env.log() and "boom after a call: x" in env.log()
+    # the error names the script (its file as the short config says, or lua.<name>)
+    if mode == "lua":
+        assert "lua.boom:1: boom in the script" in env.log(), env.log()[-3000:]
+    else:
+        assert "aioresty: Lua script error in lua.boom: " in env.log(), env.log()[-3000:]
 
 
 def test_lua_mode_respond_refuses_header_injection(envoy_factory) -> None:

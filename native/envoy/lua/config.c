@@ -56,7 +56,7 @@ static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
 
 /* the string members of the JSON form, malloc'ed */
 typedef struct {
-    char *inl, *file, *onerr, *ns;
+    char *inl, *file, *onerr, *ns, *chunk;
 } lm_opts;
 
 static int json_member(void *ud, const char *key, ar_json_value *v, char *err, size_t errlen)
@@ -66,10 +66,11 @@ static int json_member(void *ud, const char *key, ar_json_value *v, char *err, s
                   : !strcmp(key, "filename")           ? &o->file
                   : !strcmp(key, "on_error")           ? &o->onerr
                   : !strcmp(key, "metadata_namespace") ? &o->ns
+                  : !strcmp(key, "chunk_name")         ? &o->chunk
                                                        : NULL;
     if (!slot) {
         snprintf(err, errlen, "filter_config: unknown key \"%s\" (known: inline_code, filename, "
-                              "on_error, metadata_namespace)", key);
+                              "chunk_name, on_error, metadata_namespace)", key);
         return -1;
     }
     if (v->type != AR_JSON_STRING) {
@@ -110,7 +111,8 @@ static int parse_config(lm_config *c, env_buf conf, char *err, size_t errlen)
         c->code = o.inl;
         c->code_len = strlen(o.inl);
         o.inl = NULL;
-        snprintf(c->chunkname, sizeof c->chunkname, "=aioresty_lua");
+        /* the name in its error messages: "<chunk_name>:3: ..." */
+        snprintf(c->chunkname, sizeof c->chunkname, "=%s", o.chunk ? o.chunk : "aioresty_lua");
     } else {
         c->code = read_file(o.file, &c->code_len, err, errlen);
         if (!c->code) goto out;
@@ -122,6 +124,7 @@ out:
     free(o.file);
     free(o.onerr);
     free(o.ns);
+    free(o.chunk);
     return rc;
 }
 
