@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -268,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
             return 0 if _check(base, envoy_log) else 1
 
         short = f"localhost:{port}" if host in ("127.0.0.1", "localhost") else f"{host}:{port}"
+        py = shlex.quote(sys.executable)  # has msgpack; a bare `python` may not exist
         mode = envoy_config.script_mode(user)
         mode_text = f"script_mode = {mode!r}: {envoy_config.SCRIPT_MODES[mode]}"
         print(
@@ -282,8 +284,8 @@ aioresty demo: Envoy (pid {envoy.pid}, --concurrency {args.concurrency}) on {bas
 try:
   curl -v {short}/httpbin/get
   curl -d envoy {short}/app/greet
-  python -c 'import msgpack,sys; sys.stdout.buffer.write(msgpack.packb({{"a": 2, "b": 40}}))' \\
-    | curl -s --data-binary @- {short}/app/add | python -c 'import msgpack,sys; \\
+  {py} -c 'import msgpack,sys; sys.stdout.buffer.write(msgpack.packb({{"a": 2, "b": 40}}))' \\
+    | curl -s --data-binary @- {short}/app/add | {py} -c 'import msgpack,sys; \\
 print(msgpack.unpackb(sys.stdin.buffer.read()))'
 
 Ctrl-C stops Envoy and the stand-in.
