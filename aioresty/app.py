@@ -58,7 +58,8 @@ class App:
     """A set of ``async def`` handlers served by one aioresty runtime.
 
     ``timeout``: default seconds a call may run before it is answered rc 3 and
-    cancelled (bounded: a positive, finite number).  ``unload_grace``: seconds
+    cancelled (bounded: a positive, finite number; a handler that blocks the loop
+    past it is answered rc 3 when it returns).  ``unload_grace``: seconds
     in-flight calls get to finish when the runtime is unloaded (then they are
     cancelled), and again the shutdown hooks.  ``startup_timeout``: seconds the
     startup hooks may take before the load fails.

@@ -446,7 +446,17 @@ class Runtime:
         except BaseException as exc:
             call.reply_error(exc)
         else:
-            if type(result) is bytes and call.handler.codec == "bytes" and not call.answered:
+            took = time.monotonic() - call.t0
+            if took > call.handler.timeout and not call.answered:
+                # its timer could not fire: the handler blocked the loop (time.sleep,
+                # CPU work) past its timeout; late is a timeout all the same
+                name, timeout = call.handler.name, call.handler.timeout
+                msg = (
+                    f"aioresty: handler '{name}' timed out after {timeout}s "
+                    f"(it returned after {took:.3f}s without giving the loop back)"
+                )
+                call.reply(RC_TIMEOUT, safe_text(msg))
+            elif type(result) is bytes and call.handler.codec == "bytes" and not call.answered:
                 call.answered = True  # the common answer, without reply_result's frames
                 try:
                     _respond(call.ptr, 0, result)

@@ -96,3 +96,7 @@ def failed_calls_and_blocking_are_logged(call: Call, log: Callable[[], str]) -> 
     again = "runtime 'tests.apps.asyncapp': the event loop runs again, handler 'block_loop' held it"
     wait_until(lambda: held in log() and again in log(), 5, "the blocking warnings")
     assert call("timeout_first", b"ok")[::2] == (200, b"ok")
+    # answered after its timeout (0.2 s) because it blocked the loop: a timeout
+    status, rc, body = call("block_past_timeout", b"0.4")
+    assert (status, rc) == (502, "3"), (status, rc, body)
+    assert b"timed out after 0.2s (it returned after 0.4" in body, body

@@ -62,6 +62,8 @@ async def test_failed_calls_and_blocking_are_logged(
     assert "call 'no_such_handler' failed: rc=2 after " in text
     assert "handler 'block_loop' has held the event loop for" in text
     assert "the event loop runs again, handler 'block_loop' held it for" in text
+    late = await client.call("block_past_timeout", b"0.4")  # its timer could not fire
+    assert late.rc == aioresty.RC_TIMEOUT and "(it returned after 0.4" in late.text, late
 
 
 async def test_contextvars_never_leak_between_calls(client: AppClient) -> None:

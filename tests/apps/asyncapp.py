@@ -140,6 +140,14 @@ async def block_loop(req: bytes) -> str:
     return "unblocked"
 
 
+@app.handler(timeout=0.2)
+async def block_past_timeout(req: bytes) -> str:
+    import time
+
+    time.sleep(float(req))  # blocks the loop past its own timeout: no timer can fire
+    return "late"
+
+
 @app.handler
 async def pid(req: bytes) -> str:
     return str(os.getpid())
