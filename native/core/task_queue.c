@@ -248,7 +248,21 @@ static int wake_locked(ar_queue *q)
 }
 
 /* Queues t.  With defer, wakes no one and sets *wake when the caller owes
- * the runtime an ar_queue_wake; otherwise wakes it here. */
+ * the runtime an ar_queue_wake; otherwise wakes it here.
+ *
+ * Condition variable signals (here and in ar_queue_wake) are sent after
+ * mu is unlocked: signalled under mu, the woken poller returns from the
+ * futex only to block at once on the mutex we still hold (a second sleep and
+ * wake-up per task).  No wake-up is lost: the pollers' predicate ("a task is
+ * queued, or the queue is closed") is only changed under mu, and a poller
+ * tests it and enters pthread_cond_wait without letting go of mu in between
+ * (pollers++ too), so every poller counted here, under mu, is already
+ * blocked on cv, or has been woken and will re-test the predicate under mu,
+ * when the signal comes; one that arrives after our unlock sees the task
+ * without a signal.  A surplus signal (the poller we counted took a task
+ * through a spurious wake-up first) only makes another poller re-test and
+ * wait again.  cv outlives the signal: the caller holds a reference to q,
+ * and so does the task just queued. */
 static int post(ar_queue *q, ar_task *t, int defer, int *wake_owed)
 {
     int wake = 0, pollers;
@@ -279,11 +293,14 @@ static int post(ar_queue *q, ar_task *t, int defer, int *wake_owed)
     q->queued++;
     wake = wake_locked(q);
     pollers = q->pollers;
-    if (pollers && !defer) pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
+    /* Signalled after the unlock (see signal_pollers): a poller woken while
+     * we still held mu would at once block on it again. */
     if (defer)
         *wake_owed = wake || pollers;
-    else if (wake)
+    else if (pollers)
+        pthread_cond_signal(&q->cv);
+    if (!defer && wake)
         wake_fd(q);
     return AR_OK;
 }
@@ -307,8 +324,8 @@ void ar_queue_wake(ar_queue *q)
     /* wake_pending is still set unless the runtime drained since the post */
     int fd = q->wake_pending;
     int n = q->pollers < q->queued ? q->pollers : q->queued;
-    while (n-- > 0) pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
+    while (n-- > 0) pthread_cond_signal(&q->cv);   /* after the unlock, as in post() */
     if (fd) wake_fd(q);
 }
 

@@ -48,6 +48,11 @@ static struct waker {
 
     atomic_ulong n_posted, n_completed, n_wakes, n_drains, n_drained;
 
+    /* arn_post_nowake's queues owed an ar_queue_wake, one reference each
+     * (taken there, dropped by arn_flush_wakes).  Lua thread only. */
+    ar_queue *owed[16];
+    int nowed;
+
     /* Log lines for the worker's error_log (arn_set_log_level), under W.mu:
      * records [level byte][4-byte length][bytes], appended by any thread,
      * taken by the Lua thread (arn_take_logs) on the next wake. */
@@ -127,6 +132,7 @@ static void ensure_process(void)
         memset(&W.front, 0, sizeof W.front);
         memset(&W.back, 0, sizeof W.back);
         W.outstanding = 0;
+        W.nowed = 0; /* the parent's queues and references, not ours */
         atomic_store(&W.n_posted, 0);
         atomic_store(&W.n_completed, 0);
         atomic_store(&W.n_wakes, 0);
@@ -204,8 +210,9 @@ static void sink_complete(ar_task *t, void *ctx)
     atomic_fetch_add(&w->n_completed, 1);
 }
 
-int arn_post(ar_queue *q, const char *method, size_t mlen, const char *req, size_t rlen, int32_t id,
-             ar_task **out)
+/* arn_post (flush NULL: wake the runtime now) and arn_post_nowake. */
+static int post_task(ar_queue *q, const char *method, size_t mlen, const char *req, size_t rlen,
+                     int32_t id, ar_task **out, int *flush)
 {
     if (!q || !method || !out)
         return AR_EINVAL;
@@ -225,7 +232,8 @@ int arn_post(ar_queue *q, const char *method, size_t mlen, const char *req, size
         return AR_ENOMEM;
     }
 
-    rc = ar_task_post(q, t);
+    int wake = 0;
+    rc = flush ? ar_task_post_nowake(q, t, &wake) : ar_task_post(q, t);
     if (rc != AR_OK) {
         /* not posted: the sink will not run; the task is still ours */
         pthread_mutex_lock(&W.mu);
@@ -236,7 +244,48 @@ int arn_post(ar_queue *q, const char *method, size_t mlen, const char *req, size
     }
     atomic_fetch_add(&W.n_posted, 1);
     *out = t;
+    if (wake) {
+        int i = 0;
+        while (i < W.nowed && W.owed[i] != q)
+            i++;
+        if (i < W.nowed) {
+            *flush = 1; /* already owed */
+        } else if (W.nowed < (int)(sizeof W.owed / sizeof W.owed[0])) {
+            ar_queue_ref(q); /* q stays valid until the flush */
+            W.owed[W.nowed++] = q;
+            *flush = 1;
+        } else {
+            ar_queue_wake(q); /* no room on the list: wake it now */
+        }
+    }
     return AR_OK;
+}
+
+int arn_post(ar_queue *q, const char *method, size_t mlen, const char *req, size_t rlen, int32_t id,
+             ar_task **out)
+{
+    return post_task(q, method, mlen, req, rlen, id, out, NULL);
+}
+
+int arn_post_nowake(ar_queue *q, const char *method, size_t mlen, const char *req, size_t rlen,
+                    int32_t id, ar_task **out, int *flush)
+{
+    if (!flush)
+        return AR_EINVAL;
+    return post_task(q, method, mlen, req, rlen, id, out, flush);
+}
+
+int arn_flush_wakes(void)
+{
+    ensure_process();
+    int n = W.nowed;
+    W.nowed = 0;
+    for (int i = 0; i < n; i++) {
+        ar_queue_wake(W.owed[i]);
+        ar_queue_unref(W.owed[i]);
+        W.owed[i] = NULL;
+    }
+    return n;
 }
 
 int arn_drain(arn_done **out)
@@ -436,7 +485,8 @@ int arn_set_wake_eventfd(int fd)
 static const arn_accel_ops ACCEL_OPS = {
     .abi = ARN_ACCEL_ABI,
     .size = sizeof(arn_accel_ops),
-    .post = arn_post,
+    .post_nowake = arn_post_nowake,
+    .flush_wakes = arn_flush_wakes,
     .drain = arn_drain,
     .release = arn_release,
     .abort = arn_abort,

@@ -68,6 +68,19 @@ typedef struct arn_done {
 AR_API int arn_post(ar_queue *q, const char *method, size_t mlen, const char *req, size_t rlen,
                     int32_t id, ar_task **out);
 
+/* As arn_post, but wakes no one (ar_task_post_nowake): when the runtime may
+ * sleep with the task queued, q goes on a list of queues owed a wake-up (it
+ * holds a reference to each) and *flush is set to 1: the caller then owes one
+ * arn_flush_wakes() soon, e.g. once at the end of its event-loop iteration,
+ * so that N calls posted in one iteration wake each runtime once.  *flush is
+ * left alone otherwise.  (When the list is full, q is woken at once.) */
+AR_API int arn_post_nowake(ar_queue *q, const char *method, size_t mlen, const char *req,
+                           size_t rlen, int32_t id, ar_task **out, int *flush);
+
+/* Wakes every queue arn_post_nowake put on the list (ar_queue_wake) and drops
+ * the list's references.  Returns how many were woken. */
+AR_API int arn_flush_wakes(void);
+
 /* Creates a private directory (mkdtemp under basedir, or $TMPDIR or /tmp
  * when basedir is NULL/empty; mode 0700, owned by the worker's user) with a
  * listening socket in it.  Writes the socket path into path.  0 or -errno. */
@@ -109,12 +122,14 @@ AR_API int arn_stats(char *buf, size_t len);
  * function table arn_accel_ops() returns (Lua hands the pointer over), so it
  * needs no link to it and always uses the copy Lua loaded.  Every function
  * in the table is called on the worker's Lua thread. */
-#define ARN_ACCEL_ABI 1
+/* 2: post became post_nowake + flush_wakes (one wake per loop iteration). */
+#define ARN_ACCEL_ABI 2
 typedef struct arn_accel_ops {
     uint32_t abi;  /* ARN_ACCEL_ABI */
     uint32_t size; /* sizeof(arn_accel_ops) */
-    int (*post)(ar_queue *q, const char *method, size_t mlen, const char *req, size_t rlen,
-                int32_t id, ar_task **out);               /* arn_post */
+    int (*post_nowake)(ar_queue *q, const char *method, size_t mlen, const char *req,
+                       size_t rlen, int32_t id, ar_task **out, int *flush); /* arn_post_nowake */
+    int (*flush_wakes)(void);                             /* arn_flush_wakes */
     int (*drain)(arn_done **out);                         /* arn_drain */
     void (*release)(ar_task *t);                          /* arn_release */
     void (*abort)(ar_task *t);                            /* arn_abort */

@@ -470,6 +470,68 @@ def test_client_abort_cancels_handler(nginx):
     assert nginx.bad_log_lines() == []
 
 
+def test_abort_watch_touches_ngx_ctx_only_when_on(nginx):
+    # off: a call leaves ngx.ctx without aioresty's key (ngx.ctx is costly per call);
+    # on: calls share one in-flight table per request, emptied as each call ends
+    body = """
+            content_by_lua_block {
+                local t = require "ngxtest"
+                local rt = t.runtime("aioresty", "tests.apps.echoapp")
+                local a = select(2, rt:echo("a"))
+                local b = select(2, rt:echo("b"))
+                local inflight = rawget(ngx.ctx, "__aioresty_inflight")
+                ngx.say(a, b, " ", type(inflight), " ",
+                        inflight and tostring(next(inflight)) or "-", " ",
+                        require("aioresty.nginx").abort_request("x"))
+            }
+    """
+    nginx.write_conf(
+        CALL
+        + "location = /off { lua_check_client_abort off; " + body + "}\n"
+        + "location = /on { lua_check_client_abort on; " + body + "}\n",
+        workers=1,
+    )
+    nginx.start()
+    assert nginx.request("/off")[2] == b"ab nil - 0\n"
+    assert nginx.request("/on")[2] == b"ab table nil 0\n"
+    nginx.stop()
+    assert nginx.bad_log_lines() == []
+
+
+def test_application_on_abort_handler_can_abort_calls(nginx):
+    # the application registered ngx.on_abort first (ours sees "duplicate call"):
+    # its handler's abort_request() still reaches the call in flight
+    nginx.write_conf(
+        CALL
+        + """
+        location = /own {
+            lua_check_client_abort on;
+            content_by_lua_block {
+                local t = require "ngxtest"
+                local rt = t.runtime("aioresty", "tests.apps.echoapp")
+                assert(ngx.on_abort(function()
+                    require("aioresty.nginx").abort_request("client went away")
+                    return ngx.exit(499)
+                end))
+                local ok, res, err = rt:sleep("30")
+                t.reply(ok, res, err)
+            }
+        }
+        """,
+        workers=1,
+    )
+    nginx.start()
+    s = socket.create_connection(("127.0.0.1", nginx.port), timeout=5)
+    s.sendall(b"GET /own HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_until(lambda: py_stats(nginx)[0] == 1, 5, what="the handler to start")
+    s.close()
+    wait_until(lambda: py_stats(nginx)[1] == 1, 5, what="the handler to be cancelled")
+    adapter = py_stats(nginx)[2]
+    assert "aborts=1" in adapter and "waiters=0" in adapter, adapter
+    nginx.stop()
+    assert nginx.bad_log_lines() == []
+
+
 def test_queue_full_is_immediate(nginx):
     nginx.write_conf(
         """

@@ -13,9 +13,13 @@
  *
  *   Lua (request coroutine)           runtime thread          this module (worker)
  *   aioresty_accel_call(r, q, ...)
- *     -> ops->post: task queued  -->  answers it
- *        co_ctx bound to a slot       sink: completion list,
- *   coroutine._yield()                eventfd += 1 (0 -> 1)  -> read handler:
+ *     -> ops->post_nowake: queued     (asleep until woken)
+ *        co_ctx bound to a slot
+ *   coroutine._yield()
+ *   end of the loop iteration:
+ *     wake_ev -> ops->flush_wakes --> answers it
+ *                                     sink: completion list,
+ *                                     eventfd += 1 (0 -> 1)  -> read handler:
  *                                                              ops->drain, resume
  *   <- rc, rsp | nil, err                                         each waiter
  *
@@ -49,6 +53,16 @@
  *   - The co_ctx (the lua module's, in the request's memory) is used only
  *     while waiter_live: its sleep event is our timeout timer (as the
  *     semaphore does), its cleanup our hook for requests that end first.
+ *
+ * Wake-ups are batched: a call is posted without waking its runtime
+ * (ops->post_nowake, which lists the queue as owed a wake) and g.wake_ev,
+ * posted to ngx_posted_events by the first such call, wakes every owed queue
+ * once (ops->flush_wakes) when nginx runs its posted events, after the
+ * iteration's I/O handlers and timers: N calls posted in one iteration cost
+ * each runtime one wake-up (a futex or eventfd write) instead of N.  A call
+ * posted while posted events run (a resumed coroutine calling again) posts
+ * wake_ev again, which runs in the same pass.  exit_process flushes what is
+ * still owed.
  *
  * Every call is answered exactly once: by its completion, its timeout
  * (nil, "timeout"), or aioresty_accel_cancel (nil, reason); a request that
@@ -91,7 +105,8 @@ static struct {
     int32_t nslots, free_head;
     ngx_uint_t waiting;    /* coroutines waiting */
     ngx_uint_t n_calls, n_resumed, n_timeouts, n_cancels, n_cleanups, n_wakes, n_drained,
-        n_orphans, max_batch;
+        n_orphans, max_batch, n_flushes;
+    ngx_event_t wake_ev;   /* posted while a runtime is owed a wake-up (see above) */
     int nret;              /* values pushed for accel_resume */
 } g = {.efd = -1, .free_head = -1};
 
@@ -421,6 +436,13 @@ static void accel_read_handler(ngx_event_t *rev)
     }
 }
 
+/* g.wake_ev: the end of the loop iteration in which calls were posted */
+static void accel_flush_handler(ngx_event_t *ev)
+{
+    if (g.ops != NULL && g.ops->flush_wakes() > 0)
+        g.n_flushes++;
+}
+
 /* ------------------------------------------------------------ Lua entries
  * (LuaJIT ffi, lua/aioresty/nginx.lua), all on the worker's Lua thread. */
 
@@ -474,10 +496,14 @@ AR_ACCEL_API int aioresty_accel_call(ngx_http_request_t *r, ar_queue *q, const c
     if (id < 0)
         return AR_ENOMEM;
     ar_task *task;
-    int rc = g.ops->post(q, method, mlen, req, req ? rlen : 0, id, &task);
+    int flush = 0;
+    int rc = g.ops->post_nowake(q, method, mlen, req, req ? rlen : 0, id, &task, &flush);
     if (rc != AR_OK) {
         slot_free(id);
         return rc;
+    }
+    if (flush && !g.wake_ev.posted) {
+        ngx_post_event(&g.wake_ev, &ngx_posted_events);
     }
     accel_slot *s = &g.slots[id];
     s->r = r;
@@ -542,12 +568,13 @@ AR_ACCEL_API int aioresty_accel_stats(char *buf, size_t len)
     return snprintf(buf, len,
                     "accel_calls=%lu accel_resumed=%lu accel_timeouts=%lu accel_cancels=%lu "
                     "accel_cleanups=%lu accel_orphans=%lu accel_wakes=%lu accel_drained=%lu "
-                    "accel_max_batch=%lu accel_waiting=%lu",
+                    "accel_max_batch=%lu accel_waiting=%lu accel_flushes=%lu",
                     (unsigned long)g.n_calls, (unsigned long)g.n_resumed,
                     (unsigned long)g.n_timeouts, (unsigned long)g.n_cancels,
                     (unsigned long)g.n_cleanups, (unsigned long)g.n_orphans,
                     (unsigned long)g.n_wakes, (unsigned long)g.n_drained,
-                    (unsigned long)g.max_batch, (unsigned long)g.waiting);
+                    (unsigned long)g.max_batch, (unsigned long)g.waiting,
+                    (unsigned long)g.n_flushes);
 }
 
 /* ------------------------------------------------------- worker lifetime */
@@ -586,6 +613,9 @@ static ngx_int_t accel_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
     g.conn = c;
+    g.wake_ev.handler = accel_flush_handler;
+    g.wake_ev.data = c;
+    g.wake_ev.log = cycle->log;
     ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
                   "aioresty accelerator: ready in worker %P (built for the lua module %d)",
                   ngx_pid, (int)ngx_http_lua_version);
@@ -594,7 +624,11 @@ static ngx_int_t accel_init_process(ngx_cycle_t *cycle)
 
 static void accel_exit_process(ngx_cycle_t *cycle)
 {
+    if (g.wake_ev.posted) {
+        ngx_delete_posted_event(&g.wake_ev);
+    }
     if (g.ops != NULL) {
+        g.ops->flush_wakes(); /* calls posted in the last iteration */
         /* under the waker's mutex: no runtime thread writes the fd after this */
         g.ops->set_wake_eventfd(-1);
         g.ops = NULL;
