@@ -294,8 +294,7 @@ static int post(ar_queue *q, ar_task *t, int defer, int *wake_owed)
     wake = wake_locked(q);
     pollers = q->pollers;
     pthread_mutex_unlock(&q->mu);
-    /* Signalled after the unlock (see signal_pollers): a poller woken while
-     * we still held mu would at once block on it again. */
+    /* signalled after the unlock: see the comment above post() */
     if (defer)
         *wake_owed = wake || pollers;
     else if (pollers)
