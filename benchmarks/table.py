@@ -57,6 +57,10 @@ def load() -> dict[str, dict[str, Any]]:
     return out
 
 
+def _short(subject: str, n: int = 50) -> str:
+    return subject if len(subject) <= n else subject[: n - 1].rstrip() + "…"
+
+
 def before_after() -> str:
     """docs/benchmarks.md's "Before/after a change", figures from results/before_after.json."""
     out = [
@@ -74,7 +78,9 @@ def before_after() -> str:
         "after/before ratio to `benchmarks/results/before_after.json` (`ratios`, both sides'",
         "medians in `figures`) and names the CPU figures outside 5% (`cpu_outside_tolerance`).",
         "Interleaving and medians matter on a 2-core machine that other work shares: the load",
-        "after each run is in the file.",
+        "after each run is in the file. The variants that run no aioresty code (envoy `direct`,",
+        "lua_mode `direct`, python_mode `plain`) are the run's control: their ratios show the",
+        "noise of that run.",
     ]
     path = RESULTS / f"{BEFORE_AFTER}.json"
     if not path.exists():
@@ -84,7 +90,8 @@ def before_after() -> str:
     load = data["machine"]["load_1min_after_each_run"]
     out += [
         "",
-        f"Last run: base `{base['sha'][:7]}` ({base['subject']}), after `{after['sha'][:7]}`"
+        f"Last run: base `{base['sha'][:7]}` ({_short(base['subject'])}), after "
+        f"`{after['sha'][:7]}` ({_short(after['subject'])})"
         f"{' (uncommitted changes)' if after['dirty'] else ''}; rounds {params['rounds']}, "
         f"BENCH_SECONDS {params['bench_seconds']}, 1-minute load after the runs "
         f"{min(load):g}..{max(load):g} (median {sorted(load)[len(load) // 2]:g}). "
