@@ -8,6 +8,7 @@
 #   make demo-nginx  the nginx example on 127.0.0.1:8080;  make demo-host: no proxy at all
 #   make bench-core | bench-envoy | bench-lua-mode | bench-python-mode | bench-nginx |
 #        bench-nginx-seq -> benchmarks/results/<name>.json (make bench-table: the docs' table)
+#   make bench-before-after BASE=<rev>   those benches on BASE and on this tree, interleaved
 # PYTHON= works with every target: /usr/bin/python3 (the default) uses .venv, any other
 # interpreter .venv-X.Y, each with aioresty installed editable; all venvs share aioresty/_lib
 # (one Python loader per interpreter in it, native/python/build.mk).
@@ -221,6 +222,19 @@ bench-lua-mode: venv
 bench-python-mode: venv
 	$(PY) -c "import grpc, envoy_data_plane" 2>/dev/null || $(PY) -m pip install -q 'grpcio>=1.60' 'envoy-data-plane==2.2.0'
 	cd $(ROOT) && $(PY) benchmarks/bench_python_mode.py
+
+# Before/after a change (benchmarks/before_after.py): BASE's and AFTER's benches (default
+# AFTER: this working tree), interleaved ROUNDS times, each revision in its own worktree and
+# venv under .cache/before-after -> benchmarks/results/before_after.json (or OUT=file)
+#   make bench-before-after BASE=5034d3c [AFTER=rev] [BENCHES="envoy lua_mode"] [ROUNDS=5]
+BENCHES ?= envoy lua_mode python_mode
+ROUNDS ?= 5
+.PHONY: bench-before-after
+bench-before-after: venv
+	@[ -n "$(BASE)" ] || { echo "usage: make bench-before-after BASE=<rev> [AFTER=<rev>]" \
+	  "[BENCHES=\"envoy lua_mode python_mode\"] [ROUNDS=5] [OUT=file]" >&2; exit 2; }
+	cd $(ROOT) && $(PY) benchmarks/before_after.py --base '$(BASE)' $(if $(AFTER),--after '$(AFTER)') \
+	  --rounds $(ROUNDS) --python $(PYTHON) $(if $(OUT),--out '$(abspath $(OUT))') $(BENCHES)
 
 # The one table of figures: docs/benchmarks.md and README.md's "Benchmarks", from
 # benchmarks/results/*.json (committed: what the last `make bench-<name>` measured)

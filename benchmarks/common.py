@@ -57,16 +57,24 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+def results_dir() -> Path:
+    """benchmarks/results, or $BENCH_RESULTS_DIR (benchmarks/before_after.py runs
+    each revision's benches into a directory of its own)."""
+    value = os.environ.get("BENCH_RESULTS_DIR")
+    return Path(value) if value else RESULTS
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """benchmarks/results/<name>.json, with the machine's load averages at the
+    """<results_dir()>/<name>.json, with the machine's load averages at the
     end of the run (other work on a 2-core machine moves every figure)."""
     machine = payload.get("machine", {})
     if not isinstance(machine, dict):
         machine = {"description": str(machine)}
     machine.setdefault("loadavg_1_5_15", [round(x, 2) for x in os.getloadavg()])
     payload["machine"] = machine
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

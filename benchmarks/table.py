@@ -44,14 +44,81 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
     },
 }
 ORDER = ["core", "envoy", "nginx", "nginx_seq", "python_mode", "lua_mode"]
+BEFORE_AFTER = "before_after"  # make bench-before-after: a comparison of two revisions, no bench
 
 
 def load() -> dict[str, dict[str, Any]]:
     out = {}
     for path in sorted(RESULTS.glob("*.json")):
+        if path.stem == BEFORE_AFTER:
+            continue
         data = json.loads(path.read_text())
         out[path.stem] = data  # results/<name>.json: make bench-<name>
     return out
+
+
+def _short(subject: str, n: int = 50) -> str:
+    return subject if len(subject) <= n else subject[: n - 1].rstrip() + "…"
+
+
+def before_after() -> str:
+    """docs/benchmarks.md's "Before/after a change", figures from results/before_after.json."""
+    out = [
+        "## Before/after a change",
+        "",
+        "`make bench-before-after BASE=<rev> [AFTER=<rev>] [ROUNDS=5] [OUT=file]",
+        '[BENCHES="envoy lua_mode python_mode"]` (benchmarks/before_after.py) runs the benches',
+        "of two revisions on this machine in one run: BASE (and AFTER; by default this working",
+        "tree as it is) is checked out once into `.cache/before-after/<sha>` with its own venv,",
+        "then each bench runs on both revisions back to back, ROUNDS times (base first in even",
+        "rounds, after first in odd ones), each revision with its own script under the name it",
+        "had then (bench-luamod and bench-filter before 5960d6f). `BENCH_SECONDS` shortens each",
+        "run; each run's result file is kept under `.cache/before-after/runs/`. For every",
+        "variant's CPU per request and req/s it writes the median over rounds of each round's",
+        "after/before ratio to `benchmarks/results/before_after.json` (`ratios`, both sides'",
+        "medians in `figures`) and names the CPU figures outside 5% (`cpu_outside_tolerance`).",
+        "Interleaving and medians matter on a 2-core machine that other work shares: the load",
+        "after each run is in the file. The variants that run no aioresty code (envoy `direct`,",
+        "lua_mode `direct`, python_mode `plain`) are the run's control: their ratios show the",
+        "noise of that run.",
+    ]
+    path = RESULTS / f"{BEFORE_AFTER}.json"
+    if not path.exists():
+        return "\n".join(out)
+    data = json.loads(path.read_text())
+    base, after, params = data["base"], data["after"], data["params"]
+    load = data["machine"]["load_1min_after_each_run"]
+    out += [
+        "",
+        f"Last run: base `{base['sha'][:7]}` ({_short(base['subject'])}), after "
+        f"`{after['sha'][:7]}` ({_short(after['subject'])})"
+        f"{' (uncommitted changes)' if after['dirty'] else ''}; rounds {params['rounds']}, "
+        f"BENCH_SECONDS {params['bench_seconds']}, 1-minute load after the runs "
+        f"{min(load):g}..{max(load):g} (median {sorted(load)[len(load) // 2]:g}). "
+        "Server CPU µs per request (the proxy process; `total_` adds the sidecar or ext_proc "
+        "peer), req/s:",
+        "",
+        "| bench | variant | figure | before | after | after/before | min..max of rounds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for bench, figures in data["figures"].items():
+        for key, fig in figures.items():
+            variant, metric = key.split(".")
+            # the per-thread split stays in the file; total_ shows only where it adds a peer
+            if any(w in metric for w in ("worker", "runtime", "sidecar")):
+                continue
+            if metric.startswith("total_") and any(
+                figures.get(f"{variant}.{m}", {}).get("before") == fig["before"]
+                for m in ("envoy_cpu_us_per_req", "envoy_cpu_us")
+            ):
+                continue
+            flag = " **outside 5%**" if f"{bench}.{key}" in data["cpu_outside_tolerance"] else ""
+            out.append(
+                f"| {bench} | {variant} | `{metric}` | {_num(fig['before'])} "
+                f"| {_num(fig['after'])} | {fig['ratio']:.3f}{flag} "
+                f"| {fig['ratio_min']:.3f}..{fig['ratio_max']:.3f} |"
+            )
+    return "\n".join(out)
 
 
 def _order(names: list[str]) -> list[str]:
@@ -127,6 +194,7 @@ def page(results: dict[str, dict[str, Any]]) -> str:
             for name, v in res.items():
                 out.append(f"| {name} | " + " | ".join(_num(v.get(c, "")) for c in cols) + " |")
             out.append("")
+    out += ["", before_after()]
     return "\n".join(out).rstrip() + "\n"
 
 
