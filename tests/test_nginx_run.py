@@ -52,6 +52,12 @@ http {{
 """
 
 
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`aioresty nginx ARGS` to its end (30 s at most), output captured."""
+    cmd = [sys.executable, "-m", "aioresty.cli", "nginx", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+
+
 def test_run_reload_warm_workers_and_outside_quit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,13 +88,7 @@ def test_run_reload_warm_workers_and_outside_quit(
         first = serving()[0]
         status, _, body = http_request(port, "GET", "/")
         assert (status, body.decode()) == (200, first)
-        r = subprocess.run(
-            [sys.executable, "-m", "aioresty.cli", "nginx", "reload", str(conf)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        r = _cli(env, "reload", str(conf))
         assert r.returncode == 0, r.stderr
         wait_until(lambda: len(serving()) == 2, 30, "the new worker's warm runtime")
         second = serving()[1]
@@ -122,13 +122,7 @@ def test_run_refuses_what_the_workers_cannot_reach(tmp_path: Path) -> None:
     conf = tmp_path / "nginx.conf"
     conf.write_text(CONF.format(port=free_port()))
     env = dict(os.environ, PYTHONPATH=str(REPO), AIORESTY_LIB_DIR=str(lib))
-    r = subprocess.run(
-        [sys.executable, "-m", "aioresty.cli", "nginx", "run", str(conf)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = _cli(env, "run", str(conf))
     assert r.returncode == 2, r.stderr
     assert f"nginx workers run as 'nobody' and cannot reach {lib} (" in r.stderr, r.stderr
     assert "is drwx------): `chmod o+x " in r.stderr, r.stderr

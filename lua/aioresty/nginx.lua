@@ -562,6 +562,14 @@ local function accel_call(q, method, req, timeout_ms, phase)
     return rc, rsp
 end
 
+-- The waits of a polling call (parked_call, polled_wait): `delay` capped by
+-- the time `left`, never below 1 ms (a shorter sleep is a yield that leaves
+-- ngx.now() as it was); then the next delay, doubled up to PARK_POLL_MAX.
+local function poll_wait_s(delay, left)
+    local s = delay < left and delay or (left > PARK_POLL_MIN and left or PARK_POLL_MIN)
+    return s, delay < PARK_POLL_MAX and delay * 2 or delay
+end
+
 -- A call from a VM that does not own the wake loop (see the top): posted
 -- parked, answered through the owner's drain, polled for here.
 local function parked_call(q, method, req, timeout_ms, phase)
@@ -609,11 +617,9 @@ local function parked_call(q, method, req, timeout_ms, phase)
             st.timeouts = st.timeouts + 1
             return nil, "timeout"
         end
-        -- never below 1 ms: a shorter sleep is a yield that leaves ngx.now() as it was
-        ngx_sleep(delay < left and delay or (left > PARK_POLL_MIN and left or PARK_POLL_MIN))
-        if delay < PARK_POLL_MAX then
-            delay = delay * 2
-        end
+        local s
+        s, delay = poll_wait_s(delay, left)
+        ngx_sleep(s)
     end
 end
 
@@ -632,13 +638,11 @@ local function polled_wait(w, sema, wait_s)
         if left <= 0 then
             return nil, "timeout"
         end
-        local ok, err = sema:wait(delay < left and delay or
-                                  (left > PARK_POLL_MIN and left or PARK_POLL_MIN))
+        local s
+        s, delay = poll_wait_s(delay, left)
+        local ok, err = sema:wait(s)
         if ok or err ~= "timeout" then
             return ok, err
-        end
-        if delay < PARK_POLL_MAX then
-            delay = delay * 2
         end
     end
 end

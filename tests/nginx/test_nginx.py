@@ -487,8 +487,12 @@ def test_abort_watch_touches_ngx_ctx_only_when_on(nginx):
     """
     nginx.write_conf(
         CALL
-        + "location = /off { lua_check_client_abort off; " + body + "}\n"
-        + "location = /on { lua_check_client_abort on; " + body + "}\n",
+        + "location = /off { lua_check_client_abort off; "
+        + body
+        + "}\n"
+        + "location = /on { lua_check_client_abort on; "
+        + body
+        + "}\n",
         workers=1,
     )
     nginx.start()
