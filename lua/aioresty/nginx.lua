@@ -27,8 +27,10 @@
 -- One wake loop per worker process, in the first Lua VM that calls.  With
 -- `lua_code_cache off;` every request runs in a fresh VM; such a VM cannot
 -- wait on the owner's semaphores, so its calls are parked
--- (native/nginx/parked_calls.h): the owner's drain keeps their answers in C
--- and the calling coroutine polls for its own with ngx.sleep (1 to 16 ms).
+-- (native/nginx/parked_calls.h): their answers are kept in C (by the owner's
+-- drain, or by the calling coroutine's own poll when the owner's loop ended in
+-- a graceful exit) and the coroutine polls for its own with ngx.sleep (1 to
+-- 16 ms).
 -- Slower, but a development setting; the accelerator needs none of this.
 --
 -- Public: _M.call (used by resty_ffi.lua), _M.check_process, _M.abort_request,
@@ -102,7 +104,7 @@ void arn_park(const arn_done *d);
 int arn_parked_take(int32_t id, arn_done *out);
 void arn_parked_forget(int32_t id);
 void arn_parked_forget_cell(int32_t *cell);
-long arn_parked_waiting(void);
+int arn_parked_collect(void);
 int aioresty_accel_active(void);
 int aioresty_accel_version(char *buf, size_t len);
 int aioresty_accel_attach(const void *ops);
@@ -350,7 +352,7 @@ wake_loop = function(premature)
     drain()
     while true do
         -- in a graceful exit keep serving the calls still in flight
-        if n_waiters == 0 and worker_exiting() and NL.arn_parked_waiting() == 0 then
+        if n_waiters == 0 and worker_exiting() then
             break
         end
         local data, rerr = sock:receiveany(4096)
@@ -410,19 +412,21 @@ local function start()
                     strerror(rc), "): the stock wake loop serves worker ", worker_pid())
         end
     end
-    if not accel and worker_exiting() then
-        polled = true           -- no timer can start now; nothing else needed
-    elseif not accel and lib.arn_claim(CLAIM_WAKE_LOOP) == 0 then
-        parked = true           -- lua_code_cache off: the first VM's loop drains for us
-    elseif not accel then
-        ok, err = timer_at(0, wake_loop)
-        if not ok then
-            lib.arn_unclaim(CLAIM_WAKE_LOOP)
-            return nil, "aioresty: cannot start the wake timer: " .. tostring(err)
-        end
-        ok, err = timer_at(365 * 86400, sentinel)
-        if not ok then
-            ngx_log(WARN, "aioresty: no exit sentinel timer: ", err)
+    if not accel then           -- (with it, the module resumes this VM's coroutines)
+        if lib.arn_claim(CLAIM_WAKE_LOOP) == 0 then
+            parked = true       -- lua_code_cache off: another VM owns the wake loop
+        elseif worker_exiting() then
+            polled = true       -- no timer can start now; nothing else needed
+        else
+            ok, err = timer_at(0, wake_loop)
+            if not ok then
+                lib.arn_unclaim(CLAIM_WAKE_LOOP)
+                return nil, "aioresty: cannot start the wake timer: " .. tostring(err)
+            end
+            ok, err = timer_at(365 * 86400, sentinel)
+            if not ok then
+                ngx_log(WARN, "aioresty: no exit sentinel timer: ", err)
+            end
         end
     end
     running = true
@@ -590,6 +594,7 @@ local function parked_call(q, method, req, timeout_ms, phase)
     local deadline = ngx_now() + timeout_ms / 1000
     local delay = PARK_POLL_MIN
     while true do
+        NL.arn_parked_collect()     -- the owner's wake loop may have ended (exit)
         local got = NL.arn_parked_take(id, parked_done)
         if got == 1 then
             cell[0] = 0

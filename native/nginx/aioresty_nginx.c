@@ -323,6 +323,35 @@ int arn_drain(arn_done **out)
     return (int)W.back.len;
 }
 
+int arn_drain_parked(arn_done **out)
+{
+    ensure_process();
+    /* room for every completion that can be there, as in arn_drain */
+    pthread_mutex_lock(&W.mu);
+    size_t need = W.outstanding;
+    pthread_mutex_unlock(&W.mu);
+    W.back.len = 0;
+    *out = W.back.v;
+    if (vec_reserve(&W.back, need) != 0)
+        return 0; /* retried on the caller's next poll */
+
+    pthread_mutex_lock(&W.mu);
+    size_t keep = 0;
+    for (size_t i = 0; i < W.front.len; i++) {
+        if (W.front.v[i].id < 0)
+            W.back.v[W.back.len++] = W.front.v[i];
+        else
+            W.front.v[keep++] = W.front.v[i];
+    }
+    W.front.len = keep;
+    W.outstanding -= W.back.len;
+    pthread_mutex_unlock(&W.mu);
+
+    atomic_fetch_add(&W.n_drained, W.back.len);
+    *out = W.back.v;
+    return (int)W.back.len;
+}
+
 int arn_listen(const char *basedir, char *path, size_t pathlen)
 {
     ensure_process();

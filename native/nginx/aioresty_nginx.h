@@ -28,7 +28,7 @@
  *     response).  Lua must never release a task it got from arn_post: a
  *     waiter that gives up calls ar_task_abort and lets the drain release it.
  *   - The arn_done arrays belong to the waker.  The array returned by
- *     arn_drain is valid until the next arn_drain; its rsp pointers are
+ *     arn_drain(_parked) is valid until the next of either; its rsp pointers are
  *     borrowed from the tasks (valid until each task is released).
  *   - The socket file exists only between arn_listen and arn_accept (it is
  *     unlinked, and its private 0700 directory removed, as soon as the
@@ -98,6 +98,12 @@ AR_API int arn_accept(void);
  * completion racing with the drain is either in this batch or writes a new
  * wake byte. */
 AR_API int arn_drain(arn_done **out);
+
+/* As arn_drain, but takes only the completions of parked calls (id < 0,
+ * parked_calls.h) and leaves every other one, and "wake pending", for the
+ * next arn_drain.  *out is valid until the next arn_drain or
+ * arn_drain_parked. */
+AR_API int arn_drain_parked(arn_done **out);
 
 /* ar_task_abort / ar_task_release, re-exported so the Lua adapter needs no
  * declaration of its own for core functions (see lua/aioresty/nginx.lua). */

@@ -153,10 +153,11 @@ void arn_parked_forget_cell(int32_t *cell)
         arn_parked_forget(*cell);
 }
 
-long arn_parked_waiting(void)
+int arn_parked_collect(void)
 {
-    long n = 0;
-    for (size_t i = 0; i < P.len; i++)
-        n += P.v[i].state != PARKED_DONE;
+    arn_done *v;
+    int n = arn_drain_parked(&v);
+    for (int i = 0; i < n; i++)
+        arn_park(&v[i]);
     return n;
 }

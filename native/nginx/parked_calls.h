@@ -8,7 +8,9 @@
  * same process cannot wait on the owner's semaphores, so its calls are
  * *parked*: arn_post_parked posts the task with a negative waiter id; the
  * owner's drain hands each completion with a negative id to arn_park, which
- * keeps it here; the calling VM polls arn_parked_take (ngx.sleep backoff).
+ * keeps it here; the calling VM polls arn_parked_collect (which parks the
+ * completions with negative ids itself: the owner's wake loop may have ended,
+ * in a graceful exit) and arn_parked_take, with an ngx.sleep backoff.
  *
  * Threads.  Every function runs on the worker's single Lua thread (the owner's
  * drain and the calling VM's coroutines share it), so the table needs no lock.
@@ -64,9 +66,9 @@ AR_API void arn_parked_forget(int32_t id);
 /* ffi.gc finalizer form: forgets *cell unless it is 0. */
 AR_API void arn_parked_forget_cell(int32_t *cell);
 
-/* Parked calls not answered yet (the owner's loop keeps draining for them
- * in a graceful exit). */
-AR_API long arn_parked_waiting(void);
+/* Parks every completion of a parked call that arrived (arn_drain_parked +
+ * arn_park), leaving the owner's completions in place.  Returns how many. */
+AR_API int arn_parked_collect(void);
 
 #ifdef __cplusplus
 }

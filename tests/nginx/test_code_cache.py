@@ -10,6 +10,7 @@ per request, a clean exit."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import signal
 import socket
 
 from tests import promtext
@@ -36,6 +37,19 @@ location = /abortable {
         local t = require "ngxtest"
         local rt = t.runtime("aioresty", "tests.apps.echoapp")
         t.reply(rt:sleep("30"))
+    }
+}
+location = /late {
+    content_by_lua_block {
+        local t = require "ngxtest"
+        ngx.log(ngx.NOTICE, "late call sleeps: ", ngx.var.arg_v)
+        ngx.sleep(tonumber(ngx.var.arg_s))
+        local rt = t.runtime("aioresty", "tests.apps.echoapp")
+        local ok, res, err = rt:sleep("0.3")    -- answered while the others wait too
+        if not ok then
+            return t.reply(ok, res, err)
+        end
+        t.reply(rt:echo(ngx.var.arg_v))
     }
 }
 location = /stats {
@@ -104,3 +118,26 @@ def test_code_cache_off(nginx) -> None:
     assert nginx.stop() == 0, nginx.log()[-3000:]
     assert nginx.bad_log_lines() == [], nginx.log()[-3000:]
     assert "ngx.sleep(0)" not in nginx.log()  # the parked poll never spins
+
+
+def test_calls_after_the_exit_began_get_their_own_answers(nginx) -> None:
+    """A graceful exit: requests nginx had read call, each in its own Lua VM,
+    after the worker's wake loop ended (no call was waiting).  Each is answered
+    with its own answer: the owner's loop is gone, so each VM's poll collects
+    its own answers."""
+    nginx.write_conf(SERVER, http="lua_code_cache off;", workers=1)
+    nginx.start()
+    assert nginx.request("/echo?v=warm")[::2] == (200, b"warm")  # its VM owns the wake loop
+    old = nginx.workers()
+    with cf.ThreadPoolExecutor(4) as pool:
+        late = [pool.submit(nginx.request, f"/late?s=1.5&v=late-{k}") for k in range(4)]
+        wait_until(lambda: nginx.log().count("late call sleeps") == 4, 5, "the requests to run")
+        nginx.send_signal(signal.SIGHUP)
+        answers = [f.result(timeout=20) for f in late]
+    assert [(status, body) for status, _, body in answers] == [
+        (200, f"late-{k}".encode()) for k in range(4)
+    ]
+    wait_until(lambda: not set(nginx.workers()) & set(old), 15, "the old worker to exit")
+    assert nginx.stop() == 0, nginx.log()[-3000:]
+    # the reload logs nginx's own alert again, into the error_log this time
+    assert nginx.bad_log_lines(allow=("lua_code_cache is off",)) == [], nginx.log()[-3000:]
