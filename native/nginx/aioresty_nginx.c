@@ -288,14 +288,13 @@ int arn_flush_wakes(void)
     return n;
 }
 
-int arn_drain(arn_done **out)
+/* arn_drain (parked_only 0) and arn_drain_parked (1): the completions into
+ * W.back, *out pointing at them. */
+static int take_completions(arn_done **out, int parked_only)
 {
-    ensure_process();
-    atomic_fetch_add(&W.n_drains, 1);
-
-    /* back becomes front: give it room for every task not yet drained.
-     * outstanding only grows on this thread (arn_post), so growing back
-     * outside the lock with the value read under it is safe. */
+    /* back gets room for every task not yet drained.  outstanding only grows
+     * on this thread (arn_post), so growing back outside the lock with the
+     * value read under it is safe. */
     pthread_mutex_lock(&W.mu);
     size_t need = W.outstanding;
     pthread_mutex_unlock(&W.mu);
@@ -304,17 +303,30 @@ int arn_drain(arn_done **out)
 
     pthread_mutex_lock(&W.mu);
     /* clearing the flag and taking the list under one lock: a completion is
-     * either in this batch or it finds the flag 0 and writes a new byte */
-    W.wake_pending = 0;
+     * either in this batch or it finds the flag 0 and writes a new byte.
+     * Parked-only leaves the flag: what it leaves behind is the owner's. */
+    if (!parked_only)
+        W.wake_pending = 0;
     if (!grown || W.front.len == 0) {
-        /* nothing to take (or no memory to swap: retried on the next wake) */
+        /* nothing to take (or no memory: retried on the next wake or poll) */
         pthread_mutex_unlock(&W.mu);
         *out = W.back.v;
         return 0;
     }
-    done_vec tmp = W.front;
-    W.front = W.back;
-    W.back = tmp;
+    if (parked_only) {
+        size_t keep = 0;
+        for (size_t i = 0; i < W.front.len; i++) {
+            if (W.front.v[i].id < 0)
+                W.back.v[W.back.len++] = W.front.v[i];
+            else
+                W.front.v[keep++] = W.front.v[i];
+        }
+        W.front.len = keep;
+    } else {
+        done_vec tmp = W.front;
+        W.front = W.back;
+        W.back = tmp;
+    }
     W.outstanding -= W.back.len;
     pthread_mutex_unlock(&W.mu);
 
@@ -323,33 +335,17 @@ int arn_drain(arn_done **out)
     return (int)W.back.len;
 }
 
+int arn_drain(arn_done **out)
+{
+    ensure_process();
+    atomic_fetch_add(&W.n_drains, 1);
+    return take_completions(out, 0);
+}
+
 int arn_drain_parked(arn_done **out)
 {
     ensure_process();
-    /* room for every completion that can be there, as in arn_drain */
-    pthread_mutex_lock(&W.mu);
-    size_t need = W.outstanding;
-    pthread_mutex_unlock(&W.mu);
-    W.back.len = 0;
-    *out = W.back.v;
-    if (vec_reserve(&W.back, need) != 0)
-        return 0; /* retried on the caller's next poll */
-
-    pthread_mutex_lock(&W.mu);
-    size_t keep = 0;
-    for (size_t i = 0; i < W.front.len; i++) {
-        if (W.front.v[i].id < 0)
-            W.back.v[W.back.len++] = W.front.v[i];
-        else
-            W.front.v[keep++] = W.front.v[i];
-    }
-    W.front.len = keep;
-    W.outstanding -= W.back.len;
-    pthread_mutex_unlock(&W.mu);
-
-    atomic_fetch_add(&W.n_drained, W.back.len);
-    *out = W.back.v;
-    return (int)W.back.len;
+    return take_completions(out, 1);
 }
 
 int arn_listen(const char *basedir, char *path, size_t pathlen)
