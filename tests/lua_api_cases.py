@@ -54,12 +54,25 @@ def test_binary_with_nuls_and_one_mebibyte(app):
     assert status == 200 and body == big
 
 
+def _sleeps(app) -> tuple[int, int]:
+    """echoapp's count of sleep handlers started and cancelled so far."""
+    status, _h, body = post(app, "stats")
+    assert status == 200, body
+    started, cancelled = map(int, body.split())
+    return started, cancelled
+
+
 def test_per_call_timeout_cancels_handler(app):
+    assert post(app, "echo", b"warm")[::2] == (200, b"warm")  # the runtime is loaded
     t0 = time.monotonic()
-    status, _h, body = post(app, "sleep", b"5", q="t=150")
-    assert time.monotonic() - t0 < 2
+    status, _h, body = post(app, "sleep", b"5", q="t=500")
+    assert time.monotonic() - t0 < 4  # not the handler's 5 s
     assert status == 502 and b"timeout" in body
+    # a call the runtime had not started when its time ran out is dropped,
+    # never started; this one had 500 ms, so it ran and is cancelled
+    assert _sleeps(app)[0] == 1, "the sleep handler did not start within 500 ms"
     wait_until(lambda: "sleep cancelled" in app.log(), 5, "handler cancelled")
+    assert _sleeps(app) == (1, 1)
     assert post(app, "echo", b"after")[::2] == (200, b"after")
 
 
@@ -84,20 +97,26 @@ async def _many(port, n, method="suspend_echo", q=""):
 
 
 def test_client_aborts_cancel_handlers(app):
-    def abort_one():
+    socks = []
+    for _ in range(30):
         s = socket.create_connection(("127.0.0.1", app.port), timeout=5)
         s.sendall(b"POST /py/sleep HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n5")
-        time.sleep(0.3)
-        s.close()
+        socks.append(s)
+    # every handler runs before its client goes (one that has not started
+    # when the client goes is never started: nothing to cancel)
+    wait_until(lambda: _sleeps(app)[0] >= 30, 10, "30 sleep handlers started")
 
-    ths = [threading.Thread(target=abort_one) for _ in range(30)]
-    for th in ths:
-        th.start()
+    def abort_all():
+        for s in socks:
+            s.close()
+
+    closer = threading.Thread(target=abort_all)
+    closer.start()  # the clients go while 100 other calls are in flight
     res = asyncio.run(_many(app.port, 100))
-    for th in ths:
-        th.join(10)
+    closer.join(10)
     assert all(s == 200 and b == p for p, s, b in res)
     wait_until(lambda: app.log().count("sleep cancelled") >= 30, 10, "30 cancellations")
+    assert _sleeps(app) == (30, 30)
     assert app.proc.poll() is None
 
 

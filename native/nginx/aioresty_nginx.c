@@ -630,11 +630,17 @@ static void ngx_log_line(int level, const char *line)
         W.logs_cap = cap;
     }
     uint32_t l32 = (uint32_t)ll;
+    int first = W.logs_len == 0;
     W.logs[W.logs_len] = (char)clamp_level(level);
     memcpy(W.logs + W.logs_len + 1, &l32, 4);
     memcpy(W.logs + W.logs_len + 5, line, ll);
     W.logs_len += 5 + ll;
-    if (!W.wake_pending && write_wake_locked() == 0) W.wake_pending = 1;
+    /* The first line since the last arn_take_logs writes a wake even when a
+     * completion's is pending: that wake's handler may have taken the logs
+     * already and not yet drained (which clears the flag), and would leave
+     * this line for whatever wakes the worker next.  The handler of this
+     * byte takes the logs after reading it, so later lines need none. */
+    if ((first || !W.wake_pending) && write_wake_locked() == 0) W.wake_pending = 1;
     pthread_mutex_unlock(&W.mu);
 }
 

@@ -158,6 +158,8 @@ AR_API int arn_set_wake_eventfd(int fd);
  * 7 info, 8 debug) and wakes the worker; arn_take_logs (Lua thread) hands
  * the queued records over - [level 0-3][uint32 length][bytes], valid until
  * the next call - and how many lines were dropped (at most 1 MiB waits).
+ * The first line queued after a take writes its own wake, so a wake's
+ * handler may take the logs before or after arn_drain.
  * Lines still queued when the worker exits go to stderr. */
 AR_API size_t arn_take_logs(const char **out, unsigned long *dropped);
 AR_API void arn_set_log_level(int ngx_level);

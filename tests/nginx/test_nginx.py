@@ -13,6 +13,8 @@ import random
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -435,6 +437,65 @@ def test_socket_dir_is_private():
         lib.arn_disconnect()
     finally:
         os.rmdir(base)
+
+
+_LOG_WAKE = r"""
+import ctypes, os, socket, sys, tempfile
+lib = ctypes.CDLL(sys.argv[1])
+core = ctypes.CDLL(sys.argv[2])
+lib.arn_take_logs.restype = ctypes.c_size_t
+base = tempfile.mkdtemp()
+buf = ctypes.create_string_buffer(108)
+assert lib.arn_listen(base.encode(), buf, 108) == 0
+s = socket.socket(socket.AF_UNIX)
+s.connect(buf.value.decode())
+assert lib.arn_accept() == 0
+s.settimeout(2)
+assert s.recv(16) == b"!"               # the wake after accept
+lib.arn_drain(ctypes.byref(ctypes.c_void_p()))
+lib.arn_set_log_level(8)                # debug: every line kept
+
+
+def take():
+    out, dropped = ctypes.c_char_p(), ctypes.c_ulong()
+    n = lib.arn_take_logs(ctypes.byref(out), ctypes.byref(dropped))
+    return ctypes.string_at(out, n)[5:] if n else b""
+
+
+core.ar_log(2, b"first")
+assert s.recv(16)                       # the wake a handler reads, then:
+assert take() == b"first"               # it takes the logs,
+core.ar_log(2, b"second")               # (a line queued now)
+lib.arn_drain(ctypes.byref(ctypes.c_void_p()))  # and drains
+s.settimeout(1)
+try:
+    woke = s.recv(16) != b""
+except TimeoutError:
+    woke = False
+print("woken" if woke else "no wake", take().decode())
+lib.arn_disconnect()
+os.rmdir(base)
+"""
+
+
+def test_a_log_line_queued_during_a_wake_gets_its_own():
+    """A wake's handler takes the logs, then drains (which clears the flag
+    that coalesces wakes): a line queued in between wakes the worker again,
+    instead of waiting for the next call's answer (test_semantics waited 5 s
+    for a background task's SystemExit line on a loaded CI machine)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOG_WAKE,
+            str(lib_dir() / "libaioresty_nginx.so"),
+            str(lib_dir() / "libaioresty_core.so"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (out.returncode, out.stdout.strip()) == (0, "woken second"), out.stderr
 
 
 # --------------------------------------------------------------------------
