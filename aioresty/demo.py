@@ -71,11 +71,28 @@ def go_echo_stand_in(env: dict[str, str], tmp: Path) -> None:
 
 
 class _Stop(Exception):
-    """SIGTERM received."""
+    """SIGTERM or SIGINT received."""
 
 
-def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
-    raise _Stop
+class _StopSignals:
+    """SIGTERM and SIGINT stop the demo once: the first raises _Stop, later
+    ones (make and its caller both send SIGTERM; Ctrl-C pressed twice) do
+    nothing, so none interrupts the stopping.  (A handler that does nothing,
+    not SIG_IGN: a signal already pending when SIG_IGN is set is reported as
+    "ignored due to race condition" on stderr.)  A signal ignored by whoever
+    started the demo stays ignored.  Installed for the rest of the process:
+    the demo is a program, not a library."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: types.FrameType | None) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise _Stop
 
 
 def _wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -182,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="aioresty-demo-"))
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     logs: list[IO[bytes]] = []
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    signals = _StopSignals()
     try:
         # the httpbin stand-in, on a free port (it prints the port it got)
         hb_log = tmp / "httpbin.log"
@@ -299,17 +316,15 @@ Ctrl-C stops Envoy and the stand-in.
             time.sleep(0.2)
         print(f"demo: envoy exited ({envoy.returncode})", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:
         print("\ndemo: stopping", file=sys.stderr)
         return 0
     except (RuntimeError, UsageError, OSError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
     finally:
-        # ignore further signals while stopping (Envoy first: it may be mid-call to Python)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        signals.stopping = True  # from here signals change nothing
+        try:  # Envoy first: it may be mid-call to Python
             for name, proc in reversed(procs):
                 rc = _stop(proc, name)
                 if name == "envoy" and rc not in (0, None, -signal.SIGTERM):
@@ -318,8 +333,6 @@ Ctrl-C stops Envoy and the stand-in.
             for f in logs:
                 f.close()
             shutil.rmtree(tmp, ignore_errors=True)
-            signal.signal(signal.SIGTERM, old_term)
-            signal.signal(signal.SIGINT, old_int)
 
 
 def build_parser() -> argparse.ArgumentParser:
