@@ -49,6 +49,8 @@ async def auth(req: FilterRequest) -> Response | None:
     path = req.path
     if "/sleep/" in path:
         secs = float(path.rsplit("/", 1)[1])
+        if req.headers.get("x-id"):
+            _note(f"sleep {secs} started id={req.headers.get('x-id')}")
         try:
             await asyncio.sleep(secs)
         except asyncio.CancelledError:

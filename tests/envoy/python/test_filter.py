@@ -232,7 +232,8 @@ def test_client_abort_cancels_handler(envoy: FilterEnvoy) -> None:
     s = socket.create_connection(("127.0.0.1", envoy.port), timeout=5)
     try:
         s.sendall(b"GET /sleep/30 HTTP/1.1\r\nhost: x\r\nx-id: abort-1\r\n\r\n")
-        time.sleep(0.5)
+        # the hook runs before its client goes (one not started yet is never started)
+        wait_until(lambda: "sleep 30.0 started id=abort-1" in envoy.log(), 10, "the hook")
     finally:
         s.close()
     wait_until(lambda: "sleep 30.0 cancelled id=abort-1" in envoy.log(), 10, "cancellation")
