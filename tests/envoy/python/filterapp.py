@@ -48,13 +48,13 @@ def _note(msg: str) -> None:
 async def auth(req: FilterRequest) -> Response | None:
     path = req.path
     if "/sleep/" in path:
-        secs = float(path.rsplit("/", 1)[1])
-        if req.headers.get("x-id"):
-            _note(f"sleep {secs} started id={req.headers.get('x-id')}")
+        secs, xid = float(path.rsplit("/", 1)[1]), req.headers.get("x-id")
+        if xid:
+            _note(f"sleep {secs} started id={xid}")
         try:
             await asyncio.sleep(secs)
         except asyncio.CancelledError:
-            _note(f"sleep {secs} cancelled id={req.headers.get('x-id')}")
+            _note(f"sleep {secs} cancelled id={xid}")
             raise
     if "/boom" in path:
         raise RuntimeError("boom from the filter")
