@@ -315,8 +315,14 @@ def test_call_after_the_exit_began_is_answered(nginx):
     nginx.start()
     old = nginx.workers()
     with cf.ThreadPoolExecutor(4) as pool:
-        late = [pool.submit(nginx.request, "/late?s=1.5", f"late-{k}".encode()) for k in range(3)]
-        time.sleep(0.5)
+        late = [pool.submit(nginx.request, "/late?s=3", f"late-{k}".encode()) for k in range(3)]
+        # every request made its warm call and sleeps (the worker's figures are up to a
+        # second old; the sleep leaves two more before the late calls)
+        wait_until(
+            lambda: promtext.value(nginx.scrape(), "aioresty_calls_total", method="echo") == 3,
+            10,
+            what="3 warm calls answered",
+        )
         nginx.send_signal(signal.SIGHUP)
         answers = [f.result(timeout=20) for f in late]
     assert [(status, body) for status, _, body in answers] == [
