@@ -9,6 +9,7 @@
 #   make bench-core | bench-envoy | bench-lua-mode | bench-python-mode | bench-nginx |
 #        bench-nginx-seq -> benchmarks/results/<name>.json (make bench-table: the docs' table)
 #   make bench-before-after BASE=<rev>   those benches on BASE and on this tree, interleaved
+#   make bench-instructions [BASE=<rev>] instructions per request of the Envoy modes (callgrind)
 # PYTHON= works with every target: /usr/bin/python3 (the default) uses .venv, any other
 # interpreter .venv-X.Y, each with aioresty installed editable; all venvs share aioresty/_lib
 # (one Python loader per interpreter in it, native/python/build.mk).
@@ -235,6 +236,15 @@ bench-before-after: venv
 	  "[BENCHES=\"envoy lua_mode python_mode\"] [ROUNDS=5] [OUT=file]" >&2; exit 2; }
 	cd $(ROOT) && $(PY) benchmarks/before_after.py --base '$(BASE)' $(if $(AFTER),--after '$(AFTER)') \
 	  --rounds $(ROUNDS) --python $(PYTHON) $(if $(OUT),--out '$(abspath $(OUT))') $(BENCHES)
+
+# Instructions per request (benchmarks/instructions.py): the Envoy modes under callgrind, a
+# count that does not move with the machine's load; with BASE, after/base per variant
+#   make bench-instructions [BASE=rev] [AFTER=rev] [ROUNDS=3]   -> results/instructions.json
+.PHONY: bench-instructions
+bench-instructions: venv
+	cd $(ROOT) && $(PY) benchmarks/instructions.py $(if $(BASE),--base '$(BASE)') \
+	  $(if $(AFTER),--after '$(AFTER)') --python $(PYTHON) \
+	  $(if $(filter command line environment,$(origin ROUNDS)),--rounds $(ROUNDS))
 
 # The one table of figures: docs/benchmarks.md and README.md's "Benchmarks", from
 # benchmarks/results/*.json (committed: what the last `make bench-<name>` measured)

@@ -45,12 +45,13 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
 }
 ORDER = ["core", "envoy", "nginx", "nginx_seq", "python_mode", "lua_mode"]
 BEFORE_AFTER = "before_after"  # make bench-before-after: a comparison of two revisions, no bench
+INSTRUCTIONS = "instructions"  # make bench-instructions: counts, shown with their revisions
 
 
 def load() -> dict[str, dict[str, Any]]:
     out = {}
     for path in sorted(RESULTS.glob("*.json")):
-        if path.stem == BEFORE_AFTER:
+        if path.stem in (BEFORE_AFTER, INSTRUCTIONS):
             continue
         data = json.loads(path.read_text())
         out[path.stem] = data  # results/<name>.json: make bench-<name>
@@ -59,6 +60,18 @@ def load() -> dict[str, dict[str, Any]]:
 
 def _short(subject: str, n: int = 50) -> str:
     return subject if len(subject) <= n else subject[: n - 1].rstrip() + "…"
+
+
+def _comparison(name: str) -> dict[str, Any] | None:
+    """results/<name>.json of a comparison (not a bench), if there is one."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _rev(r: dict[str, Any]) -> str:
+    """A revision of a comparison: its short sha and subject."""
+    dirty = " (uncommitted changes)" if r["dirty"] else ""
+    return f"`{r['sha'][:7]}` ({_short(r['subject'])}){dirty}"
 
 
 def before_after() -> str:
@@ -82,17 +95,14 @@ def before_after() -> str:
         "lua_mode `direct`, python_mode `plain`) are the run's control: their ratios show the",
         "noise of that run.",
     ]
-    path = RESULTS / f"{BEFORE_AFTER}.json"
-    if not path.exists():
+    data = _comparison(BEFORE_AFTER)
+    if data is None:
         return "\n".join(out)
-    data = json.loads(path.read_text())
     base, after, params = data["base"], data["after"], data["params"]
     load = data["machine"]["load_1min_after_each_run"]
     out += [
         "",
-        f"Last run: base `{base['sha'][:7]}` ({_short(base['subject'])}), after "
-        f"`{after['sha'][:7]}` ({_short(after['subject'])})"
-        f"{' (uncommitted changes)' if after['dirty'] else ''}; rounds {params['rounds']}, "
+        f"Last run: base {_rev(base)}, after {_rev(after)}; rounds {params['rounds']}, "
         f"BENCH_SECONDS {params['bench_seconds']}, 1-minute load after the runs "
         f"{min(load):g}..{max(load):g} (median {sorted(load)[len(load) // 2]:g}). "
         "Server CPU µs per request (the proxy process; `total_` adds the sidecar or ext_proc "
@@ -118,6 +128,51 @@ def before_after() -> str:
                 f"| {_num(fig['after'])} | {fig['ratio']:.3f}{flag} "
                 f"| {fig['ratio_min']:.3f}..{fig['ratio_max']:.3f} |"
             )
+    return "\n".join(out)
+
+
+def instructions() -> str:
+    """docs/benchmarks.md's "Instructions per request", from results/instructions.json."""
+    out = [
+        "## Instructions per request",
+        "",
+        "`make bench-instructions [BASE=<rev>] [AFTER=<rev>] [ROUNDS=3]`",
+        "(benchmarks/instructions.py) counts, with callgrind, every instruction Envoy's",
+        "threads run per request (the worker, the main thread, aioresty's runtime thread and",
+        "its Python), for each Envoy mode's echo call and the Python filter's pass-through,",
+        "sequential requests on one connection, idle instructions subtracted. Unlike CPU",
+        "seconds, the count does not move with what else the machine runs: the rounds of one",
+        "revision agree to about 0.5%, so a change's cost shows below the 5% that CPU seconds",
+        "resolve on a shared 2-CPU host. Each revision runs with its own venv, native",
+        "libraries, Lua files and config builders (worktrees as for `bench-before-after`).",
+        "The `direct` variants run no aioresty code: their ratio is the method's control.",
+    ]
+    data = _comparison(INSTRUCTIONS)
+    if data is None:
+        return "\n".join(out)
+    revs, params = data["revisions"], data["params"]
+    out += [
+        "",
+        "Last run: "
+        + ", ".join(f"{side} {_rev(r)}" for side, r in revs.items())
+        + f"; {params['rounds']} rounds of {params['requests']} requests per variant:",
+        "",
+    ]
+    if data.get("figures"):
+        out += [
+            "| mode.variant | base | after | after/base | min..max of rounds |",
+            "|---|---|---|---|---|",
+        ]
+        for key, fig in data["figures"].items():
+            flag = " **outside 5%**" if key in data["outside_tolerance"] else ""
+            out.append(
+                f"| {key} | {fig['base']:,} | {fig['after']:,} | {fig['ratio']:.4f}{flag} "
+                f"| {fig['ratio_min']:.4f}..{fig['ratio_max']:.4f} |"
+            )
+    else:
+        ((_side, counts),) = data["instructions_per_request"].items()
+        out += ["| mode.variant | instructions per request |", "|---|---|"]
+        out += [f"| {k} | {v:,} |" for k, v in counts.items() if not k.endswith("idle_per_s")]
     return "\n".join(out)
 
 
@@ -194,7 +249,7 @@ def page(results: dict[str, dict[str, Any]]) -> str:
             for name, v in res.items():
                 out.append(f"| {name} | " + " | ".join(_num(v.get(c, "")) for c in cols) + " |")
             out.append("")
-    out += ["", before_after()]
+    out += ["", before_after(), "", instructions()]
     return "\n".join(out).rstrip() + "\n"
 
 
